@@ -1,0 +1,70 @@
+"""What the network predicts (eps, x0 or v) and what is diffused (image or residual).
+
+``prediction`` names the network's output (Ho et al. 2020 predict eps;
+SR3-style x0; Salimans & Ho 2022 v). ``target`` names the variable x_0 that
+is diffused: the HR ``image`` itself, or the ``residual`` HR minus the
+spline-upsampled condition (as in ResShift/ResDiff), which is small and
+zero-mean so the network only has to add what the spline misses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mrisr.diffusion.schedule import (
+    NoiseSchedule,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    v_target,
+)
+
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+TARGETS: tuple[str, ...] = ("residual", "image")
+
+
+def check(prediction: str, target: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; allowed: {', '.join(TARGETS)}")
+
+
+def to_diffusion_space(target: str, volume: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """x_0 for a ground-truth volume: the volume, or its residual over the condition."""
+    return volume - cond if target == "residual" else volume
+
+
+def from_diffusion_space(target: str, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The volume an x_0 stands for (inverse of ``to_diffusion_space``)."""
+    return cond + x0 if target == "residual" else x0
+
+
+def x0_range(target: str) -> tuple[float, float]:
+    """Where x_0 can lie for volumes normalised to [0, 1]; sampled x0_hat is clipped to it."""
+    return (-1.0, 1.0) if target == "residual" else (0.0, 1.0)
+
+
+def regression_target(
+    prediction: str, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, unit_noise: torch.Tensor
+) -> torch.Tensor:
+    """What the network is trained to output for (x_0, t, noise)."""
+    if prediction == "eps":
+        return unit_noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return v_target(schedule, x0, t, unit_noise)
+    raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+
+
+def output_to_x0(
+    prediction: str, schedule: NoiseSchedule, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor
+) -> torch.Tensor:
+    """The x_0 estimate implied by the network's output at (x_t, t)."""
+    if prediction == "eps":
+        return predict_x0_from_eps(schedule, xt, t, output)
+    if prediction == "x0":
+        return output
+    if prediction == "v":
+        return predict_x0_from_v(schedule, xt, t, output)
+    raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")

@@ -1,0 +1,162 @@
+"""Reverse processes: ancestral (DDPM) and few-step (DDIM) sampling, patch-blended.
+
+The sampler owns the order of the reverse steps and the noise; the network is
+reached only through a ``Denoiser``, a callable ``(x_t, i) -> x0_hat`` where
+``i`` indexes the (possibly respaced) schedule. A denoiser built with
+``sliding_window`` predicts a whole volume from overlapping patches blended
+into one estimate, so every reverse step updates the full volume with one
+noise field and the sample has no seams.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from mrisr.diffusion.schedule import (
+    NoiseSchedule,
+    extract,
+    posterior_mean_variance,
+    predict_eps_from_x0,
+)
+
+Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
+SamplerName = Literal["ancestral", "ddim"]
+SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
+
+
+def _noise(shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Unit normal noise drawn on the CPU generator (device-independent streams), moved to ``like``."""
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(like.device)
+
+
+def ancestral_step(
+    schedule: NoiseSchedule,
+    x0_hat: torch.Tensor,
+    xt: torch.Tensor,
+    i: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One draw from q(x_{t-1} | x_t, x0_hat) (DDPM eqs. 6-7); no noise at the last step (i = 0)."""
+    t = torch.full((xt.shape[0],), i, dtype=torch.long, device=xt.device)
+    mean, variance = posterior_mean_variance(schedule, x0_hat, xt, t)
+    if i == 0:
+        return mean
+    return mean + variance.sqrt() * _noise(xt.shape, generator, xt)
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    x0_hat: torch.Tensor,
+    xt: torch.Tensor,
+    i: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One DDIM update (Song et al. 2021, eq. 12) in units where the noise has variance ``noise_var``.
+
+    x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} - sigma^2) s eps_hat + sigma s z,
+    sigma = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}), s = sqrt(noise_var).
+    eta = 0 is deterministic; eta = 1 has the posterior's variance.
+    """
+    t = torch.full((xt.shape[0],), i, dtype=torch.long, device=xt.device)
+    eps_hat = predict_eps_from_x0(schedule, xt, t, x0_hat)
+    abar = extract(schedule.alphas_cumprod, t, xt.ndim)
+    abar_prev = extract(schedule.alphas_cumprod_prev, t, xt.ndim)
+    sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
+    s = math.sqrt(schedule.noise_var)
+    out = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * s * eps_hat
+    if eta > 0 and i > 0:
+        out = out + sigma * s * _noise(xt.shape, generator, xt)
+    return out
+
+
+def sample(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    *,
+    method: str = "ddim",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from x_T ~ N(0, noise_var I) to an estimate of x_0.
+
+    ``schedule`` is the full schedule (1000-step ancestral sampling) or a
+    ``respace``d one (few-step sampling); steps run i = T'-1, ..., 0.
+    Returns a tensor of ``shape``.
+    """
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; allowed: {', '.join(SAMPLERS)}")
+    like = torch.empty(0, device=device)
+    xt = math.sqrt(schedule.noise_var) * _noise(shape, generator, like)
+    n = schedule.num_timesteps
+    for step, i in enumerate(reversed(range(n))):
+        x0_hat = denoise(xt, i)
+        if method == "ancestral":
+            xt = ancestral_step(schedule, x0_hat, xt, i, generator)
+        else:
+            xt = ddim_step(schedule, x0_hat, xt, i, eta, generator)
+        if progress is not None:
+            progress(step + 1, n)
+    return xt
+
+
+def patch_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start offsets of patches of side ``patch`` covering [0, size) with the given overlap fraction."""
+    if patch >= size:
+        return [0]
+    stride = max(1, int(round(patch * (1.0 - overlap))))
+    starts = list(range(0, size - patch, stride))
+    starts.append(size - patch)
+    return sorted(set(starts))
+
+
+def blend_window(shape: Sequence[int]) -> torch.Tensor:
+    """Separable weights, highest at the patch centre and small but > 0 at its faces.
+
+    Per axis w(k) = sin(pi (k + 0.5) / n) + 1e-3; overlapping predictions are
+    averaged with these weights so patch borders, where a convolution sees
+    zero padding, count least.
+    """
+    window = torch.ones(())
+    for n in shape:
+        k = torch.arange(n, dtype=torch.float32)
+        w = torch.sin(math.pi * (k + 0.5) / n) + 1e-3
+        window = window[..., None] * w
+    return window
+
+
+def sliding_window(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    patch_size: int,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """Apply ``predict`` to overlapping patches of ``inputs`` and blend into one output.
+
+    ``inputs``: (1, C, *S). ``predict``: (B, C, *P) -> (B, 1, *P). Returns
+    (1, 1, *S). Patches have side min(patch_size, S_d) along each axis.
+    """
+    spatial = inputs.shape[2:]
+    sides = [min(patch_size, s) for s in spatial]
+    grids = [patch_starts(s, p, overlap) for s, p in zip(spatial, sides)]
+    corners = [tuple(c) for c in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(spatial))]
+    window = blend_window(sides).to(inputs.device)
+    out = torch.zeros((1, 1, *spatial), device=inputs.device)
+    weight = torch.zeros((1, 1, *spatial), device=inputs.device)
+    for b in range(0, len(corners), batch_size):
+        chunk = corners[b : b + batch_size]
+        boxes = [tuple(slice(int(c), int(c) + p) for c, p in zip(corner, sides)) for corner in chunk]
+        batch = torch.cat([inputs[(slice(None), slice(None), *box)] for box in boxes])
+        pred = predict(batch).float()
+        for k, box in enumerate(boxes):
+            out[(slice(None), slice(None), *box)] += pred[k : k + 1] * window
+            weight[(slice(None), slice(None), *box)] += window
+    return out / weight

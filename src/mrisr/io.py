@@ -1,0 +1,138 @@
+"""NIfTI input/output, affine bookkeeping and intensity normalisation.
+
+Every volume the package writes goes through ``save_volume``, which writes to
+a temporary file beside the target and renames it, so an interrupted job never
+leaves a file that looks complete. Every volume it reads goes through
+``load_volume``, which turns the ways a file can be wrong into one-line
+errors that name the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import nibabel as nib
+import numpy as np
+
+
+class VolumeError(ValueError):
+    """A NIfTI file that cannot be used; the message names the file and the problem."""
+
+
+def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Load a 3D NIfTI as (float32 array, 4x4 float64 affine).
+
+    A 4D file with a single volume is squeezed to 3D; anything else that is not
+    3D, a file that cannot be read, and non-finite voxels raise ``VolumeError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(f"{path}: no such file")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for broken files
+        raise VolumeError(f"{path}: cannot read as NIfTI ({type(err).__name__}: {err})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise VolumeError(f"{path}: {bad} voxels are NaN or infinite")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The temporary name keeps ``path``'s suffixes (nibabel picks compression
+    from them) and starts with a dot so it never matches a workflow pattern.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_volume(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    affine: np.ndarray,
+    dtype: type = np.float32,
+    xform_code: int = 1,
+) -> None:
+    """Write a 3D array as NIfTI-1 with ``affine`` as both sform and qform, atomically."""
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D array, got shape {data.shape}")
+    img = nib.Nifti1Image(data.astype(dtype), np.asarray(affine, dtype=np.float64))
+    img.set_sform(affine, code=xform_code)
+    img.set_qform(affine, code=xform_code)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel side lengths (mm) of an affine: the norms of its first three columns."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def crop_or_pad(
+    volume: np.ndarray, affine: np.ndarray, start: tuple[int, int, int], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Take the box [start, start + shape) from ``volume``, zero-filling outside it.
+
+    ``start`` may be negative and the box may exceed the volume. Returns the
+    box and its affine (the old affine translated to voxel ``start``), so the
+    box lands where it was in world space.
+    """
+    out = np.zeros(shape, dtype=volume.dtype)
+    src, dst = [], []
+    for s, n, size in zip(start, shape, volume.shape):
+        lo, hi = max(s, 0), min(s + n, size)
+        if hi <= lo:
+            return out, _translate(affine, start)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out, _translate(affine, start)
+
+
+def _translate(affine: np.ndarray, start: tuple[int, int, int]) -> np.ndarray:
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    return np.asarray(affine, dtype=np.float64) @ shift
+
+
+def normalise_intensity(
+    volume: np.ndarray, mask: np.ndarray, percentile: float = 99.5
+) -> np.ndarray:
+    """Scale so the ``percentile`` of brain intensities is 1, clip to [0, 1], zero outside the mask.
+
+    Clipping to [0, 1] fixes the data range that PSNR and SSIM are computed
+    with (``metrics.DATA_RANGE`` = 1).
+    """
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise ValueError("brain mask is empty")
+    scale = float(np.percentile(volume[mask], percentile))
+    if not scale > 0:
+        raise ValueError(f"the {percentile}th percentile of brain intensities is {scale}, not > 0")
+    out = np.clip(volume / scale, 0.0, 1.0).astype(np.float32)
+    out[~mask] = 0.0
+    return out

@@ -1,0 +1,227 @@
+"""Training one cascade stage: random brain patches, the DDPM loss, EMA, checkpoints.
+
+The loss is the simple DDPM objective (Ho et al. 2020, eq. 14), written for
+any parameterisation: t ~ U{1..T}, eps ~ N(0, noise_var I),
+x_t = q_sample(x_0, t, eps), loss = || f(x_t, cond, t) - y ||^2 with y the
+eps, x_0 or v target (``parameterization``). Parameters are averaged with an
+exponential moving average (EMA), whose weights are the ones sampled from.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import mrisr
+from mrisr.diffusion import parameterization
+from mrisr.diffusion.cascade import StagePair
+from mrisr.diffusion.nets import UNet, unet_from_config
+from mrisr.diffusion.schedule import make_schedule, q_sample
+from mrisr.io import atomic_path
+
+LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when present (and asked for or 'auto'), CPU otherwise."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {requested!r}; allowed: auto, cpu, cuda")
+    if requested == "cpu" or not torch.cuda.is_available():
+        if requested == "cuda":
+            raise RuntimeError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; a disabled context on CPU (full float32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class PatchSampler:
+    """Random cubic patches centred on brain voxels, drawn with a seeded numpy Generator.
+
+    Volumes are zero-padded by half a patch so centres near the edge are valid.
+    ``sample(n)`` returns (cond, target), float32 arrays of shape (n, 1, P, P, P).
+    """
+
+    def __init__(self, pairs: Sequence[StagePair], patch_size: int, rng: np.random.Generator) -> None:
+        if not pairs:
+            raise ValueError("no training volumes")
+        self.patch_size = patch_size
+        self.rng = rng
+        half = patch_size // 2
+        pad = [(half, patch_size - half)] * 3
+        self.cond = [np.pad(p.cond, pad) for p in pairs]
+        self.target = [np.pad(p.target, pad) for p in pairs]
+        self.centres = [np.argwhere(p.mask) for p in pairs]
+        for k, c in enumerate(self.centres):
+            if len(c) == 0:
+                raise ValueError(f"training volume {k} has an empty brain mask")
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self.patch_size
+        cond = np.empty((n, 1, p, p, p), np.float32)
+        target = np.empty((n, 1, p, p, p), np.float32)
+        for b in range(n):
+            k = int(self.rng.integers(len(self.centres)))
+            c = self.centres[k][int(self.rng.integers(len(self.centres[k])))]
+            box = tuple(slice(int(x), int(x) + p) for x in c)  # padded coords: centre - half + half
+            cond[b, 0] = self.cond[k][box]
+            target[b, 0] = self.target[k][box]
+        return cond, target
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_train_loss: float
+    final_val_loss: float
+    seconds: float
+
+
+def _lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the base rate."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def diffusion_loss(
+    model: UNet,
+    schedule,
+    prediction: str,
+    target_kind: str,
+    cond: torch.Tensor,
+    volume: torch.Tensor,
+    t: torch.Tensor,
+    unit_noise: torch.Tensor,
+) -> torch.Tensor:
+    """DDPM simple loss (eq. 14) for a batch: mean squared error of the chosen target."""
+    x0 = parameterization.to_diffusion_space(target_kind, volume, cond)
+    xt = q_sample(schedule, x0, t, unit_noise)
+    y = parameterization.regression_target(prediction, schedule, x0, t, unit_noise)
+    return F.mse_loss(model(xt, cond, t).float(), y)
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """``torch.save`` through a temporary file and a rename (never a half-written checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def train_stage(
+    train_pairs: Sequence[StagePair],
+    val_pairs: Sequence[StagePair],
+    config: dict,
+    stage: int,
+    checkpoint_path: str | Path,
+    log_path: str | Path,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train the U-Net of one cascade stage and write its checkpoint and loss log.
+
+    ``config`` is the resolved workflow config (sections ``model``,
+    ``diffusion``, ``train``); it is stored in the checkpoint.
+    """
+    dcfg, tcfg = config["diffusion"], config["train"]
+    prediction, target_kind = dcfg["prediction"], dcfg["target"]
+    parameterization.check(prediction, target_kind)
+    dev = pick_device(device)
+    seed = int(tcfg["seed"]) + 1000 * stage
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    schedule = make_schedule(dcfg["schedule"], int(dcfg["num_timesteps"]), float(dcfg["noise_var"]))
+    model = unet_from_config(config["model"]).to(dev)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=0.0)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"stage {stage}: U-Net with {n_params:,} parameters on {dev}; {len(train_pairs)} train, {len(val_pairs)} val volumes")
+
+    patch, batch = int(tcfg["patch_size"]), int(tcfg["batch_size"])
+    if patch % model.divisor:
+        raise ValueError(f"train.patch_size {patch} must be divisible by {model.divisor}")
+    sampler = PatchSampler(train_pairs, patch, rng)
+    # A fixed validation batch: same patches, timesteps and noise at every evaluation.
+    val_gen = torch.Generator().manual_seed(seed + 1)
+    val_sampler = PatchSampler(val_pairs, patch, np.random.default_rng(seed + 1))
+    n_val = int(tcfg["val_patches"])
+    val_cond, val_target = (torch.from_numpy(a) for a in val_sampler.sample(n_val))
+    val_t = torch.linspace(0, schedule.num_timesteps - 1, n_val).round().long()
+    val_noise = torch.randn(val_cond.shape, generator=val_gen)
+
+    steps, warmup = int(tcfg["steps"]), int(tcfg["warmup_steps"])
+    val_every, decay = int(tcfg["val_every"]), float(tcfg["ema_decay"])
+    noise_gen = torch.Generator().manual_seed(seed + 2)
+    rows: list[tuple] = []
+    running, count, val_loss = 0.0, 0, float("nan")
+    start = time.perf_counter()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    for step in range(steps):
+        lr = _lr_at(step, float(tcfg["lr"]), warmup, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        cond_np, target_np = sampler.sample(batch)
+        cond, volume = torch.from_numpy(cond_np).to(dev), torch.from_numpy(target_np).to(dev)
+        t = torch.from_numpy(rng.integers(0, schedule.num_timesteps, size=batch)).long().to(dev)
+        noise = torch.randn(cond.shape, generator=noise_gen).to(dev)
+        model.train()
+        with autocast(dev):
+            loss = diffusion_loss(model, schedule, prediction, target_kind, cond, volume, t, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
+        optimizer.step()
+        _ema_update(ema, model, min(decay, (1.0 + step) / (10.0 + step)))
+        running += float(loss.detach())
+        count += 1
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            with torch.no_grad(), autocast(dev):
+                val_loss = float(
+                    diffusion_loss(
+                        ema, schedule, prediction, target_kind,
+                        val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev),
+                    )
+                )
+            elapsed = time.perf_counter() - start
+            rows.append((step + 1, running / count, val_loss, lr, elapsed))
+            log(f"step {step + 1}/{steps}  train {running / count:.5f}  val {val_loss:.5f}  lr {lr:.2e}  {elapsed:.0f}s")
+            running, count = 0.0, 0
+
+    seconds = time.perf_counter() - start
+    save_checkpoint(
+        checkpoint_path,
+        {
+            "format": 1,
+            "mrisr_version": mrisr.__version__,
+            "stage": stage,
+            "step": steps,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": config,
+            "train_seconds": seconds,
+        },
+    )
+    with atomic_path(log_path) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("\t".join(LOG_COLUMNS) + "\n")
+            for row in rows:
+                fh.write(f"{row[0]}\t{row[1]:.6g}\t{row[2]:.6g}\t{row[3]:.6g}\t{row[4]:.2f}\n")
+    return TrainResult(steps, rows[-1][1], val_loss, seconds)

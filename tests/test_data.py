@@ -1,0 +1,84 @@
+"""Demo cohort, skull stripping, splits and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrisr import metrics
+from mrisr.data.demo import demo_subject_ids, demo_subject_index, make_demo_subject
+from mrisr.data.skullstrip import brain_box, skullstrip_with_mask
+from mrisr.data.splits import read_splits, split_subjects, write_splits
+
+
+@pytest.fixture(scope="module")
+def demo_pair():
+    return make_demo_subject(0, seed=0, voxel_size_mm=4.0), make_demo_subject(1, seed=0, voxel_size_mm=4.0)
+
+
+def test_demo_subjects_are_real_distinct_and_reproducible(demo_pair):
+    a, b = demo_pair
+    assert a.t1.shape == (49, 58, 47)  # the 1 mm template's field of view at 4 mm
+    assert 0.15 < a.mask.mean() < 0.3  # the MNI brain is ~22 % of the field of view
+    brain = a.mask > 0
+    assert a.t1[brain].mean() > 5 * a.t1[~brain].mean(), "brain brighter than noisy background"
+    assert np.abs(a.t1 - b.t1).mean() > 0.1 * a.t1.mean(), "subjects differ"
+    again = make_demo_subject(0, seed=0, voxel_size_mm=4.0)
+    np.testing.assert_array_equal(a.t1, again.t1)
+    np.testing.assert_allclose(a.affine[:3, :3], np.diag([4.0, 4.0, 4.0]))
+
+
+def test_demo_ids():
+    assert demo_subject_ids(3) == ["demo01", "demo02", "demo03"]
+    assert demo_subject_index("demo10") == 9
+    with pytest.raises(ValueError, match="not a demo subject"):
+        demo_subject_index("100307")
+
+
+def test_skullstrip_crops_to_a_multiple_and_keeps_world_position(demo_pair):
+    sub = demo_pair[0]
+    out = skullstrip_with_mask(sub.t1, sub.mask, sub.affine, margin_mm=8.0, multiple=4)
+    assert all(s % 4 == 0 for s in out.t1.shape)
+    assert out.mask.sum() == sub.mask.sum(), "the whole brain is inside the box"
+    assert out.t1.max() == 1.0 and np.all(out.t1[out.mask == 0] == 0)
+    start, _ = brain_box(sub.mask > 0, sub.affine, 8.0, 4)
+    np.testing.assert_allclose(out.affine[:3, 3], sub.affine[:3, :3] @ np.array(start) + sub.affine[:3, 3])
+
+
+def test_split_is_disjoint_complete_seeded_and_order_free(tmp_path):
+    subjects = [f"s{i:03d}" for i in range(40)]
+    a = split_subjects(subjects, seed=7, val_fraction=0.1, test_fraction=0.2)
+    assert set(a) == set(subjects)
+    groups = {k: {s for s, v in a.items() if v == k} for k in ("train", "val", "test")}
+    assert len(groups["val"]) == 4 and len(groups["test"]) == 8 and len(groups["train"]) == 28
+    assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"] or groups["val"] & groups["test"])
+    assert split_subjects(list(reversed(subjects)), 7, 0.1, 0.2) == a
+    assert split_subjects(subjects, 8, 0.1, 0.2) != a
+    write_splits(tmp_path / "splits.tsv", a)
+    assert read_splits(tmp_path / "splits.tsv") == a
+
+
+def test_split_needs_enough_subjects():
+    with pytest.raises(ValueError, match="cannot fill train"):
+        split_subjects(["a", "b"], 0, 0.2, 0.2)
+
+
+def test_psnr_hand_computed_inside_mask_only():
+    ref = np.zeros((8, 8, 8))
+    mask = np.zeros_like(ref, bool)
+    mask[2:6, 2:6, 2:6] = True
+    est = ref.copy()
+    est[mask] = 0.1  # MSE in the mask = 0.01 -> PSNR = 10 log10(1 / 0.01) = 20 dB
+    est[~mask] = 0.9  # outside the mask: ignored
+    assert metrics.psnr_in_mask(ref, est, mask) == pytest.approx(20.0, abs=1e-9)
+
+
+def test_ssim_in_mask():
+    rng = np.random.default_rng(0)
+    ref = rng.random((16, 16, 16))
+    mask = np.ones_like(ref, bool)
+    assert metrics.ssim_in_mask(ref, ref, mask) == pytest.approx(1.0)
+    noisy = ref + 0.2 * rng.standard_normal(ref.shape)
+    assert metrics.ssim_in_mask(ref, noisy, mask) < 0.9
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.ssim_in_mask(ref, ref[:8], mask)

@@ -1,0 +1,138 @@
+"""NIfTI round trips, errors that name the file, and the affines of degraded grids."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrisr.data.degrade import downsample, downsample_affine, downsample_mask, upsample, upsample_affine
+from mrisr.io import VolumeError, crop_or_pad, load_volume, normalise_intensity, save_volume, voxel_sizes
+
+def _oblique() -> np.ndarray:
+    """A rotated, anisotropic, shifted affine (what a real oblique scan has; no shear)."""
+    a, b = np.deg2rad(12.0), np.deg2rad(-7.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ np.diag([1.2, 1.1, 0.9])
+    affine[:3, 3] = [30.0, -40.0, 12.5]
+    return affine
+
+
+OBLIQUE = _oblique()
+
+
+def test_round_trip_keeps_data_and_affine(tmp_path):
+    data = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    path = tmp_path / "sub" / "vol.nii.gz"
+    save_volume(path, data, OBLIQUE)
+    loaded, affine = load_volume(path)
+    np.testing.assert_array_equal(loaded, data)
+    np.testing.assert_allclose(affine, OBLIQUE, atol=1e-6)
+    img = nib.load(path)
+    np.testing.assert_allclose(img.get_qform(), OBLIQUE, atol=1e-4)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["vol.nii.gz"], "no temporary file left"
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "vol.nii.gz"
+    with pytest.raises(ValueError):
+        save_volume(path, np.zeros((2, 2)), np.eye(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(VolumeError, match="missing.nii.gz: no such file"):
+        load_volume(tmp_path / "missing.nii.gz")
+    cut = tmp_path / "cut.nii.gz"
+    save_volume(cut, np.ones((10, 10, 10)), np.eye(4))
+    raw = cut.read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(VolumeError, match="cut.nii.gz: cannot read"):
+        load_volume(cut)
+    four = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), four)
+    with pytest.raises(VolumeError, match=r"four.nii.gz: expected a 3D volume, got shape \(4, 4, 4, 3\)"):
+        load_volume(four)
+    nan = tmp_path / "nan.nii.gz"
+    data = np.ones((4, 4, 4), np.float32)
+    data[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), nan)
+    with pytest.raises(VolumeError, match="nan.nii.gz: 1 voxels are NaN"):
+        load_volume(nan)
+
+
+def test_single_volume_4d_is_squeezed(tmp_path):
+    path = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6, 1), np.float32), np.eye(4)), path)
+    assert load_volume(path)[0].shape == (4, 5, 6)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_lr_affine_has_the_coarse_voxel_and_block_centres(factor):
+    lr_affine = downsample_affine(OBLIQUE, factor)
+    np.testing.assert_allclose(voxel_sizes(lr_affine), factor * voxel_sizes(OBLIQUE))
+    # LR voxel (1, 2, 0) is the centre of HR block [f, 2f) x [2f, 3f) x [0, f)
+    block = np.array([[i, j, k] for i in range(factor, 2 * factor)
+                      for j in range(2 * factor, 3 * factor) for k in range(factor)], float)
+    hr_world = (OBLIQUE[:3, :3] @ block.T + OBLIQUE[:3, 3:4]).mean(axis=1)
+    lr_world = lr_affine[:3, :3] @ np.array([1.0, 2.0, 0.0]) + lr_affine[:3, 3]
+    np.testing.assert_allclose(lr_world, hr_world, atol=1e-9)
+    np.testing.assert_allclose(upsample_affine(lr_affine, factor), OBLIQUE, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_downsample_samples_a_linear_ramp_at_block_centres(order):
+    f = 2
+    i, j, k = np.indices((40, 36, 32), dtype=np.float64)
+    ramp = 0.5 * i + 0.25 * j - 0.1 * k
+    lr = downsample(ramp, f, order)
+    assert lr.shape == (20, 18, 16)
+    li, lj, lk = np.indices(lr.shape, dtype=np.float64)
+    centre = lambda x: f * x + (f - 1) / 2  # noqa: E731
+    expected = 0.5 * centre(li) + 0.25 * centre(lj) - 0.1 * centre(lk)
+    inner = (slice(5, -5),) * 3  # 'nearest' edge handling bends the ramp near the border
+    np.testing.assert_allclose(lr[inner], expected[inner], atol=1e-4)
+
+
+def test_upsample_shape_and_constant():
+    vol = np.full((5, 6, 7), 0.3, np.float32)
+    up = upsample(vol, 3)
+    assert up.shape == (15, 18, 21)
+    np.testing.assert_allclose(up, 0.3, atol=1e-6)
+
+
+def test_downsample_rejects_bad_input():
+    with pytest.raises(ValueError, match="not divisible by the scale factor 2"):
+        downsample(np.zeros((5, 6, 6)), 2)
+    with pytest.raises(ValueError, match="positive integer"):
+        downsample(np.zeros((6, 6, 6)), 1.5)
+
+
+def test_downsample_mask_majority():
+    mask = np.zeros((4, 4, 4), bool)
+    mask[:2, :2, :2] = True
+    small = downsample_mask(mask, 2)
+    assert small.shape == (2, 2, 2) and small[0, 0, 0] and small.sum() == 1
+
+
+def test_crop_or_pad_moves_the_affine():
+    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    box, affine = crop_or_pad(vol, OBLIQUE, (-1, 1, 2), (3, 3, 3))
+    assert box[0].sum() == 0  # padded row
+    assert box[1, 0, 0] == vol[0, 1, 2]
+    # box voxel (1, 0, 0) is original voxel (0, 1, 2) in world space
+    np.testing.assert_allclose(affine @ [1, 0, 0, 1], OBLIQUE @ [0, 1, 2, 1])
+
+
+def test_normalise_intensity():
+    vol = np.linspace(0, 200, 1000).reshape(10, 10, 10).astype(np.float32)
+    mask = np.ones_like(vol, bool)
+    mask[0] = False
+    out = normalise_intensity(vol, mask, percentile=99.5)
+    assert out.max() == 1.0 and out.min() == 0.0 and np.all(out[0] == 0)
+    with pytest.raises(ValueError, match="empty"):
+        normalise_intensity(vol, np.zeros_like(mask))

@@ -1,0 +1,104 @@
+"""The Snakemake workflow: DAG, lint, a tiny end-to-end run, and re-running one stage."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO, run_snakemake
+from mrisr.data.splits import read_splits
+from mrisr.io import voxel_sizes
+
+pytestmark = pytest.mark.slow
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints, as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    counts.pop("total", None)
+    return counts
+
+
+def test_default_config_dry_run_and_lint(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", config=REPO / "config" / "config.yaml")
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["fetch_demo"] == 8 and counts["train_stage"] == 1 and counts["report"] == 1
+    lint = run_snakemake(tmp_path, "--lint", config=REPO / "config" / "config.yaml")
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+
+
+def test_config_typo_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "tests" / "data" / "tiny.yaml").read_text().replace("schedule: cosine", "schedule: cosin"))
+    with pytest.raises(AssertionError, match="cosin"):
+        run_snakemake(tmp_path, "-n", config=bad)
+
+
+def test_end_to_end_outputs(tiny_run):
+    res = tiny_run / "results"
+    splits = read_splits(res / "splits.tsv")
+    test_subjects = sorted(s for s, v in splits.items() if v == "test")
+    assert len(splits) == 4 and len(test_subjects) == 1
+    for subject in splits:
+        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
+        lr = nib.load(res / "lr" / subject / "x4.nii.gz")
+        assert lr.shape == tuple(s // 4 for s in hr.shape)
+        np.testing.assert_allclose(voxel_sizes(lr.affine), 4 * voxel_sizes(hr.affine))
+    for stage in (1, 2):
+        assert (res / "models" / f"stage{stage}" / "checkpoint.pt").stat().st_size > 0
+        assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
+    for subject in test_subjects:
+        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
+        sr = nib.load(res / "sr" / subject / "sr.nii.gz")
+        stage1 = nib.load(res / "sr" / subject / "stage1.nii.gz")
+        assert sr.shape == hr.shape
+        np.testing.assert_allclose(sr.affine, hr.affine, atol=1e-5)
+        assert stage1.shape == tuple(s // 2 for s in hr.shape), "stage 1 works on the intermediate grid"
+        np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
+    with open(res / "metrics.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in test_subjects for m in ("spline", "sr")}
+    for r in rows:
+        assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
+    html = (res / "report" / "index.html").read_text()
+    assert "PSNR" in html and "data range = 1" in html and html.count("data:image/png;base64,") >= 2
+    assert not list(res.rglob(".*.nii.gz.*")), "no temporary files left behind"
+
+
+def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependents(tiny_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    nothing = run_snakemake(workdir, "-n")
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+
+    res = workdir / "results"
+    hr_file = next((res / "hr").glob("*/T1w_brain.nii.gz"))
+    hr_mtime = hr_file.stat().st_mtime_ns
+    proc = run_snakemake(workdir, "--forcerun", "make_lr")
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts == {
+        "make_lr": 4, "train_stage": 2, "super_resolve": 1, "baseline": 1,
+        "evaluate": 1, "collect_metrics": 1, "report": 1, "all": 1,
+    }
+    assert hr_file.stat().st_mtime_ns == hr_mtime, "upstream outputs are not rewritten"
+
+    spline = next((res / "baseline").glob("*/spline.nii.gz"))
+    spline.unlink()
+    proc = run_snakemake(workdir)
+    assert job_counts(proc.stdout + proc.stderr) == {
+        "baseline": 1, "evaluate": 1, "collect_metrics": 1, "report": 1, "all": 1,
+    }
+    assert spline.exists()

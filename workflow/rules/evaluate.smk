@@ -1,0 +1,38 @@
+# evaluate: PSNR/SSIM in the brain mask per test subject; collect_metrics: one table.
+
+
+rule evaluate:
+    input:
+        hr=rules.skullstrip.output.t1,
+        mask=rules.skullstrip.output.mask,
+        sr=rules.super_resolve.output.sr,
+        spline=rules.baseline.output.spline,
+    output:
+        tsv="results/metrics/{subject}.tsv",
+    log:
+        "results/logs/evaluate/{subject}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{subject}.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule collect_metrics:
+    input:
+        tsvs=expand(rules.evaluate.output.tsv, subject=TEST_SUBJECTS),
+    output:
+        tsv=report(
+            "results/metrics.tsv",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+        ),
+    log:
+        "results/logs/collect_metrics.log",
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/collect_metrics.py"

@@ -1,0 +1,17 @@
+# split: seeded, subject-level train/val/test assignment.
+
+
+rule split:
+    output:
+        tsv="results/splits.tsv",
+    params:
+        subjects=SUBJECTS,
+        seed=config["split"]["seed"],
+        val_fraction=config["split"]["val_fraction"],
+        test_fraction=config["split"]["test_fraction"],
+    log:
+        "results/logs/split.log",
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/split.py"

@@ -1,0 +1,33 @@
+# train_stage: one job per cascade stage, on train subjects, validated on val.
+
+
+rule train_stage:
+    input:
+        unpack(training_volumes),
+        splits=rules.split.output.tsv,
+    output:
+        checkpoint="results/models/stage{stage}/checkpoint.pt",
+        log_tsv=report(
+            "results/models/stage{stage}/train_log.tsv",
+            caption="../report/train_log.rst",
+            category="Training",
+        ),
+        plot=report(
+            "results/models/stage{stage}/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+        ),
+    params:
+        stage=stage_index,
+        config=MODEL_CONFIG,
+        device=config["device"],
+    log:
+        "results/logs/train_stage/stage{stage}.log",
+    benchmark:
+        "results/benchmarks/train_stage/stage{stage}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/train_stage.py"

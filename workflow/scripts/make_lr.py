@@ -1,0 +1,11 @@
+from _adapter import run_stage
+
+run_stage(
+    snakemake,
+    "make_lr",
+    hr_path=snakemake.input.hr,
+    out_path=snakemake.output.lr,
+    factor=int(snakemake.wildcards.factor),
+    order=snakemake.params.order,
+    antialias=snakemake.params.antialias,
+)

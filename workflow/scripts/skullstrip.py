@@ -1,0 +1,13 @@
+from _adapter import run_stage
+
+run_stage(
+    snakemake,
+    "skullstrip",
+    raw_t1=snakemake.input.t1,
+    raw_mask=snakemake.input.mask,
+    out_t1=snakemake.output.t1,
+    out_mask=snakemake.output.mask,
+    margin_mm=snakemake.params.margin_mm,
+    multiple=snakemake.params.multiple,
+    percentile=snakemake.params.percentile,
+)
