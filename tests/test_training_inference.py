@@ -78,10 +78,47 @@ def test_cascade_inference_shapes_and_determinism(checkpoints, config):
 
     lr = downsample(hr, 4)
     outs = super_resolve(lr, checkpoints, config["sampling"], seed=1, device="cpu", log=lambda m: None)
-    assert [o.shape for o in outs] == [(8, 8, 8), (16, 16, 16)]
-    assert all(o.min() >= 0 and o.max() <= 1 for o in outs)
+    assert [o.mean.shape for o in outs] == [(8, 8, 8), (16, 16, 16)]
+    assert all(o.mean.min() >= 0 and o.mean.max() <= 1 and o.sd is None for o in outs)
     again = super_resolve(lr, checkpoints, config["sampling"], seed=1, device="cpu", log=lambda m: None)
-    np.testing.assert_array_equal(outs[-1], again[-1])
+    np.testing.assert_array_equal(outs[-1].mean, again[-1].mean)
+
+
+def test_several_samples_give_mean_and_sd_and_truncation_starts_from_the_condition(checkpoints, config):
+    from mrisr.data.degrade import downsample
+
+    hr, _ = _volumes(6)
+    lr = downsample(hr, 4)
+    sampling = {**config["sampling"], "n_samples": 3, "eta": 1.0, "method": "ddim"}
+    outs = super_resolve(lr, checkpoints, sampling, seed=2, device="cpu", log=lambda m: None)
+    assert outs[-1].sd is not None and outs[-1].sd.shape == (16, 16, 16) and outs[-1].sd.max() > 0
+
+
+def test_truncated_sampling_walks_only_the_low_noise_steps(config):
+    from mrisr.diffusion.sampler import start_from
+    from mrisr.inference import sampling_schedule
+
+    sched = sampling_schedule(config, {"method": "ddim", "steps": 4, "start_t": 200})
+    assert sched.timestep_map.tolist() == [0, 66, 133, 199]
+    assert sampling_schedule(config, {"method": "ancestral", "steps": 1000}).num_timesteps == 1000
+    # x_t at the truncated start is the condition plus noise of variance (1 - abar) * noise_var
+    x0 = torch.zeros(1, 1, 32, 32, 32)
+    xt = start_from(sched, x0, torch.Generator().manual_seed(0))
+    expected_sd = float(np.sqrt((1 - sched.alphas_cumprod[-1]) * 0.3))
+    assert float(xt.std()) == pytest.approx(expected_sd, rel=0.02)
+
+
+def test_data_consistency_reproduces_the_lr_volume():
+    from mrisr.data.degrade import downsample
+    from mrisr.inference import data_consistency
+
+    hr, _ = _volumes(7)
+    lr = downsample(hr, 2)
+    guess = np.full_like(hr, hr.mean())
+    fixed = data_consistency(guess, lr, 2, 3, iterations=10)
+    before = np.abs(downsample(guess, 2) - lr).mean()
+    after = np.abs(downsample(fixed, 2) - lr).mean()
+    assert after < 0.05 * before
 
 
 def test_checkpoints_out_of_order_are_refused(checkpoints, config):

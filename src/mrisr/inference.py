@@ -10,11 +10,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mrisr.data.degrade import upsample
+from mrisr.data.degrade import downsample, upsample
 from mrisr.diffusion import parameterization
 from mrisr.diffusion.cascade import run_cascade
 from mrisr.diffusion.nets import UNet, unet_from_config
-from mrisr.diffusion.sampler import sample, sliding_window
+from mrisr.diffusion.sampler import sample, sliding_window, start_from
 from mrisr.diffusion.schedule import NoiseSchedule, make_schedule, spaced_timesteps
 from mrisr.training import autocast, pick_device
 
@@ -68,13 +68,39 @@ def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray,
     return np.pad(volume, pads, mode="edge"), tuple(crop)
 
 
-def sampling_schedule(config: dict, method: str, steps: int) -> NoiseSchedule:
-    """The full schedule (ancestral over all T steps) or a respaced one (``steps`` steps)."""
+def sampling_schedule(config: dict, sampling: dict) -> NoiseSchedule:
+    """The schedule the sampler walks: the full one (ancestral over all T steps) or a respaced one.
+
+    ``sampling["steps"]`` steps are spread over [1, start_t] (t = T unless
+    ``sampling["start_t"]`` truncates the reverse process).
+    """
     d = config["diffusion"]
     full = make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))
-    if method == "ancestral" and steps >= full.num_timesteps:
+    start_t = sampling.get("start_t")
+    t_max = full.num_timesteps - 1 if start_t is None else int(start_t) - 1
+    steps = int(sampling["steps"])
+    if sampling["method"] == "ancestral" and steps >= full.num_timesteps and start_t is None:
         return full
-    return full.respace(spaced_timesteps(full.num_timesteps, steps))
+    return full.respace(spaced_timesteps(full.num_timesteps, min(steps, t_max + 1), t_max))
+
+
+@dataclass
+class StageOutput:
+    """One stage's super-resolved volume (the mean of its samples) and their per-voxel sd."""
+
+    mean: np.ndarray
+    sd: np.ndarray | None  # None for a single sample
+
+
+def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, order: int, iterations: int) -> np.ndarray:
+    """Iterative back-projection (Irani & Peleg 1991) with the workflow's own degradation.
+
+    Repeats estimate += upsample(observed - downsample(estimate)) so that the
+    estimate, degraded as the LR volume was, reproduces the LR volume.
+    """
+    for _ in range(iterations):
+        estimate = estimate + upsample(observed - downsample(estimate, factor, order), factor, order)
+    return estimate
 
 
 def super_resolve_stage(
@@ -83,8 +109,13 @@ def super_resolve_stage(
     sampling: dict,
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Super-resolve ``volume`` by the stage's factor; returns float32 in [0, 1] on the finer grid."""
+) -> StageOutput:
+    """Super-resolve ``volume`` by the stage's factor; float32 in [0, 1] on the finer grid.
+
+    Draws ``sampling["n_samples"]`` samples (default 1), returns their mean and
+    per-voxel standard deviation, after ``sampling["data_consistency"]``
+    back-projection iterations on the mean (default 0).
+    """
     d = stage.config["diffusion"]
     order = int(stage.config["degrade"]["order"])
     prediction, target_kind = d["prediction"], d["target"]
@@ -93,7 +124,8 @@ def super_resolve_stage(
     patch = int(sampling["patch_size"])
     padded, crop = _pad_to(cond_np, min(patch, max(cond_np.shape)), stage.model.divisor)
     cond = torch.from_numpy(padded)[None, None].to(device)
-    schedule = sampling_schedule(stage.config, sampling["method"], int(sampling["steps"]))
+    schedule = sampling_schedule(stage.config, sampling)
+    truncated = sampling.get("start_t") is not None
     lo, hi = parameterization.x0_range(target_kind)
 
     @torch.no_grad()
@@ -112,39 +144,71 @@ def super_resolve_stage(
         t = torch.full((1,), i, dtype=torch.long, device=device)
         return parameterization.output_to_x0(prediction, schedule, xt, t, raw).clamp(lo, hi)
 
-    x0 = sample(
-        denoise, schedule, cond.shape, method=sampling["method"], eta=float(sampling["eta"]),
-        generator=generator, device=device, progress=progress,
-    )
-    out = parameterization.from_diffusion_space(target_kind, x0, cond)
-    out = out[0, 0].float().cpu().numpy()[crop]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    samples = []
+    for _ in range(int(sampling.get("n_samples", 1))):
+        x_start = None
+        if truncated:  # start from the condition itself: x0 = 0 residual, or the spline image
+            x0_init = parameterization.to_diffusion_space(target_kind, cond, cond)
+            x_start = start_from(schedule, x0_init, generator)
+        x0 = sample(
+            denoise, schedule, cond.shape, method=sampling["method"], eta=float(sampling["eta"]),
+            generator=generator, device=device, x_start=x_start, progress=progress,
+        )
+        out = parameterization.from_diffusion_space(target_kind, x0, cond)
+        samples.append(np.clip(out[0, 0].float().cpu().numpy()[crop], 0.0, 1.0))
+    stack = np.stack(samples)
+    mean = stack.mean(axis=0)
+    iterations = int(sampling.get("data_consistency", 0))
+    if iterations:
+        mean = data_consistency(mean, volume, stage.factor, order, iterations)
+    sd = stack.std(axis=0).astype(np.float32) if len(samples) > 1 else None
+    return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd)
+
+
+def load_cascade(checkpoints: Sequence[str | Path], device: torch.device) -> list[Stage]:
+    """Load stage checkpoints given coarse to fine, checking they form one cascade in order."""
+    if not checkpoints:
+        raise CheckpointError("no stage checkpoints given")
+    stages = [load_stage(p, device) for p in checkpoints]
+    for k, stage in enumerate(stages):
+        if stage.stage != k:
+            raise CheckpointError(f"{stage.path}: holds stage {stage.stage}, expected stage {k}")
+    return stages
 
 
 def super_resolve(
     lr: np.ndarray,
-    checkpoints: Sequence[str | Path],
+    checkpoints: Sequence[str | Path] | Sequence[Stage],
     sampling: dict,
     seed: int = 0,
     device: str = "auto",
     log: Callable[[str], None] = print,
-) -> list[np.ndarray]:
+    progress: Callable[[int, int, int, int], None] | None = None,
+) -> list[StageOutput]:
     """Run the whole cascade on an LR volume; returns every stage's output, the last being SR.
 
-    Checkpoints must be given in stage order and come from one cascade.
+    ``checkpoints`` are paths (loaded with ``load_cascade``) or loaded stages.
+    Each stage conditions on the previous stage's mean. ``progress(stage,
+    n_stages, step, n_steps)`` is called after every reverse step.
     """
-    dev = pick_device(device)
-    stages = [load_stage(p, dev) for p in checkpoints]
-    for k, stage in enumerate(stages):
-        if stage.stage != k:
-            raise CheckpointError(f"{stage.path}: holds stage {stage.stage}, expected stage {k}")
+    if checkpoints and isinstance(checkpoints[0], Stage):
+        stages = list(checkpoints)
+    else:
+        stages = load_cascade(checkpoints, pick_device(device))
+    dev = next(stages[0].model.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
+    outputs: list[StageOutput] = []
 
     def runner(stage: Stage) -> Callable[[np.ndarray], np.ndarray]:
         def run(volume: np.ndarray) -> np.ndarray:
             log(f"stage {stage.stage}: x{stage.factor}, {volume.shape} -> {tuple(s * stage.factor for s in volume.shape)}, "
-                f"{sampling['method']} {sampling['steps']} steps on {dev}")
-            return super_resolve_stage(stage, volume, sampling, generator)
+                f"{sampling['method']} {sampling['steps']} steps, {sampling.get('n_samples', 1)} sample(s) on {dev}")
+            step_progress = None
+            if progress is not None:
+                step_progress = lambda i, n: progress(stage.stage, len(stages), i, n)  # noqa: E731
+            outputs.append(super_resolve_stage(stage, volume, sampling, generator, step_progress))
+            return outputs[-1].mean
         return run
 
-    return run_cascade(lr, [runner(s) for s in stages])
+    run_cascade(lr, [runner(s) for s in stages])
+    return outputs

@@ -47,6 +47,29 @@ def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
+def check_contrast(data: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise ``VolumeError`` for an image with nothing in it: all zeros, or one constant value."""
+    if not np.any(data):
+        raise VolumeError(f"{path}: the volume is empty (every voxel is 0)")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise VolumeError(f"{path}: the volume is constant (every voxel is {lo:g})")
+
+
+def check_voxel_size(
+    affine: np.ndarray, expected_mm: np.ndarray | float, path: str | os.PathLike, tolerance: float = 0.25
+) -> str | None:
+    """A warning (or None) when voxel sizes differ from ``expected_mm`` by more than ``tolerance`` (relative)."""
+    actual = voxel_sizes(affine)
+    expected = np.broadcast_to(np.asarray(expected_mm, dtype=float), (3,))
+    if np.any(np.abs(actual / expected - 1.0) > tolerance):
+        return (
+            f"{path}: voxel size {np.round(actual, 2).tolist()} mm differs from the "
+            f"{np.round(expected, 2).tolist()} mm the model was trained on; results may be poor"
+        )
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.

@@ -8,7 +8,6 @@ atomically (``io.save_volume`` / ``io.atomic_path``).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,8 +19,8 @@ from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample
 from mrisr.data.demo import demo_subject_index, make_demo_subject
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.splits import read_splits, split_subjects, write_splits
-from mrisr.diffusion.cascade import stage_grids, stage_pair, total_factor
-from mrisr.io import atomic_path, load_volume, save_volume
+from mrisr.diffusion.cascade import stage_pair
+from mrisr.io import atomic_path, load_volume, save_volume, voxel_sizes
 
 log = logging.getLogger("mrisr")
 
@@ -95,6 +94,11 @@ def train(
             out.append(stage_pair(hr, lr, mask > 0, factors, stage, order, antialias))
         return out
 
+    # The LR voxel size seen in training travels with the checkpoint, so that
+    # `mrisr super-resolve` can warn about scans of another resolution.
+    first = sorted(s for s, v in assignment.items() if v == "train")[0]
+    lr_voxel = voxel_sizes(load_volume(lr_paths[first])[1])
+    config = {**config, "data": {"lr_voxel_size_mm": [float(v) for v in lr_voxel]}}
     result = train_stage(
         pairs("train"), pairs("val"), config, stage, out_checkpoint, out_log,
         device=config["device"], log=log.info,
@@ -105,21 +109,30 @@ def train(
 
 def super_resolve(
     lr_path: str, checkpoints: Sequence[str], sampling: Mapping, seed: int,
-    out_sr: str, out_stages: Sequence[str], device: str = "auto",
+    out_sr: str, out_stages: Sequence[str], device: str = "auto", out_sd: str | None = None,
 ) -> None:
-    """Cascaded super-resolution of one LR file; writes every stage's output and the final SR."""
+    """Cascaded super-resolution of one LR file; writes every stage's output and the final SR.
+
+    With ``out_sd`` (and ``sampling["n_samples"]`` > 1) the per-voxel standard
+    deviation of the final stage's samples is written too.
+    """
     from mrisr.inference import super_resolve as run
 
     lr, affine = load_volume(lr_path)
     outputs = run(lr, checkpoints, dict(sampling), seed=seed, device=device, log=log.info)
     if len(out_stages) != len(outputs):
         raise ValueError(f"{len(out_stages)} stage outputs named for a {len(outputs)}-stage cascade")
-    for path, volume in zip(out_stages, outputs):
-        factor = round(volume.shape[0] / lr.shape[0])
-        save_volume(path, volume, upsample_affine(affine, factor))
-    factor = round(outputs[-1].shape[0] / lr.shape[0])
-    save_volume(out_sr, outputs[-1], upsample_affine(affine, factor))
-    log.info("%s -> %s: x%d, %s -> %s", lr_path, out_sr, factor, lr.shape, outputs[-1].shape)
+    for path, out in zip(out_stages, outputs):
+        factor = round(out.mean.shape[0] / lr.shape[0])
+        save_volume(path, out.mean, upsample_affine(affine, factor))
+    final = outputs[-1]
+    factor = round(final.mean.shape[0] / lr.shape[0])
+    if out_sd is not None:
+        if final.sd is None:
+            raise ValueError("an uncertainty map needs sampling.n_samples > 1")
+        save_volume(out_sd, final.sd, upsample_affine(affine, factor))
+    save_volume(out_sr, final.mean, upsample_affine(affine, factor))
+    log.info("%s -> %s: x%d, %s -> %s", lr_path, out_sr, factor, lr.shape, final.mean.shape)
 
 
 def baseline(lr_path: str, factor: int, order: int, out_path: str) -> None:
@@ -196,13 +209,3 @@ def report(
         out_html=out_html,
     )
     log.info("report written to %s", out_html)
-
-
-def stage_output_factors(factors: Sequence[int]) -> list[int]:
-    """How many times finer than LR each stage's output is."""
-    total = total_factor(factors)
-    return [total // g.output_factor for g in stage_grids(factors)]
-
-
-def config_json(config: Mapping) -> str:
-    return json.dumps(config, indent=2, sort_keys=True, default=str)

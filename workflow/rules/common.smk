@@ -37,6 +37,15 @@ MODEL_CONFIG = {
     key: config[key] for key in ("cascade", "degrade", "diffusion", "model", "train")
 }
 
+# The SR volume, every stage's output, and the uncertainty map when several
+# samples are drawn.
+SR_OUTPUTS = {
+    "sr": "results/sr/{subject}/sr.nii.gz",
+    "stages": expand("results/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
+}
+if config["sampling"]["n_samples"] > 1:
+    SR_OUTPUTS["sd"] = "results/sr/{subject}/sd.nii.gz"
+
 
 wildcard_constraints:
     subject="|".join(re.escape(s) for s in SUBJECTS),

@@ -6,8 +6,7 @@ rule super_resolve:
         lr=test_lr,
         checkpoints=all_checkpoints,
     output:
-        sr="results/sr/{subject}/sr.nii.gz",
-        stages=expand("results/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
+        **SR_OUTPUTS,
     params:
         sampling=config["sampling"],
         device=config["device"],

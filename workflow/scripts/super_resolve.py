@@ -10,4 +10,5 @@ run_stage(
     out_sr=snakemake.output.sr,
     out_stages=list(snakemake.output.stages),
     device=snakemake.params.device,
+    out_sd=snakemake.output.get("sd"),
 )

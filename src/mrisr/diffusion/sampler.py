@@ -21,6 +21,7 @@ from mrisr.diffusion.schedule import (
     extract,
     posterior_mean_variance,
     predict_eps_from_x0,
+    q_sample,
 )
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -83,18 +84,24 @@ def sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    x_start: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from x_T ~ N(0, noise_var I) to an estimate of x_0.
+    """Run the reverse process from the schedule's last step down to an estimate of x_0.
 
     ``schedule`` is the full schedule (1000-step ancestral sampling) or a
-    ``respace``d one (few-step sampling); steps run i = T'-1, ..., 0.
-    Returns a tensor of ``shape``.
+    ``respace``d one (few-step sampling); steps run i = T'-1, ..., 0. The
+    reverse process starts from x_T ~ N(0, noise_var I), or from ``x_start``
+    when given: a draw of x_t at the schedule's last step, which truncates the
+    reverse process (``start_from``). Returns a tensor of ``shape``.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {', '.join(SAMPLERS)}")
     like = torch.empty(0, device=device)
-    xt = math.sqrt(schedule.noise_var) * _noise(shape, generator, like)
+    if x_start is not None:
+        xt = x_start.to(like.device)
+    else:
+        xt = math.sqrt(schedule.noise_var) * _noise(shape, generator, like)
     n = schedule.num_timesteps
     for step, i in enumerate(reversed(range(n))):
         x0_hat = denoise(xt, i)
@@ -105,6 +112,20 @@ def sample(
         if progress is not None:
             progress(step + 1, n)
     return xt
+
+
+def start_from(
+    schedule: NoiseSchedule, x0_init: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """x_t at the schedule's last step drawn from q(x_t | x0_init) (DDPM eq. 4).
+
+    Starting the reverse process here instead of from pure noise is the
+    truncated reverse process of SDEdit (Meng et al. 2022) and of diffusion
+    super-resolution methods that start from the interpolated input: the
+    sampler only has to add the detail that noise at this level has erased.
+    """
+    last = torch.full((x0_init.shape[0],), schedule.num_timesteps - 1, dtype=torch.long, device=x0_init.device)
+    return q_sample(schedule, x0_init, last, _noise(x0_init.shape, generator, x0_init))
 
 
 def patch_starts(size: int, patch: int, overlap: float) -> list[int]:

@@ -166,15 +166,19 @@ def make_schedule(
     )
 
 
-def spaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
-    """``num_steps`` timestep indices evenly spread over [0, T-1], always keeping T-1.
+def spaced_timesteps(num_timesteps: int, num_steps: int, t_max: int | None = None) -> list[int]:
+    """``num_steps`` timestep indices evenly spread over [0, t_max], always keeping t_max.
 
-    The last index (t = T) is kept so sampling starts from the prior; the
-    first kept index is as close to 0 as the spacing allows.
+    ``t_max`` defaults to T - 1 (t = T), so sampling starts from the prior; a
+    smaller ``t_max`` truncates the reverse process. The first kept index is
+    as close to 0 as the spacing allows.
     """
-    if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps must lie in [1, {num_timesteps}], got {num_steps}")
-    steps = np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(int)
+    t_max = num_timesteps - 1 if t_max is None else int(t_max)
+    if not 0 <= t_max < num_timesteps:
+        raise ValueError(f"t_max must lie in [0, {num_timesteps - 1}], got {t_max}")
+    if not 1 <= num_steps <= t_max + 1:
+        raise ValueError(f"num_steps must lie in [1, {t_max + 1}], got {num_steps}")
+    steps = np.round(np.linspace(0, t_max, num_steps)).astype(int) if num_steps > 1 else np.array([t_max])
     return sorted(set(int(s) for s in steps))
 
 

@@ -1,0 +1,110 @@
+"""PSNR/SSIM of sampler variants against the spline baseline, on a finished run's test subjects.
+
+Reads a results directory written by the workflow (hr/, lr/, splits.tsv and
+the stage checkpoints), super-resolves every test subject with each sampler
+variant, and appends one row per (variant, subject) to the output TSV:
+PSNR and SSIM in the brain mask, their gain over spline, network evaluations
+(NFE) and wall seconds.
+
+    .venv/bin/python benchmarks/sampler_quality.py --results results \
+        --variants ddim10 regression trunc300_5 --out benchmarks/results/sampler_quality.tsv
+
+Variants are named in VARIANTS below; ``--crop N`` scores a central N^3 HR
+crop (with its LR counterpart) so that 1000-step ancestral sampling is
+affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mrisr import metrics  # noqa: E402
+from mrisr.data.degrade import upsample  # noqa: E402
+from mrisr.data.splits import read_splits  # noqa: E402
+from mrisr.inference import super_resolve  # noqa: E402
+from mrisr.io import load_volume  # noqa: E402
+
+BASE = {"method": "ddim", "steps": 10, "eta": 0.0, "patch_size": 96, "overlap": 0.25, "batch_size": 1,
+        "start_t": None, "n_samples": 1, "data_consistency": 0}
+VARIANTS = {
+    "ddim10": {},
+    "ddim20": {"steps": 20},
+    "ddim50": {"steps": 50},
+    "regression": {"steps": 1},  # one x0 prediction from pure noise: E[x0 | cond]
+    "ddim10_eta1_n4": {"eta": 1.0, "n_samples": 4},
+    "ddim10_n4": {"n_samples": 4},
+    "trunc300_5": {"start_t": 300, "steps": 5},
+    "trunc100_3": {"start_t": 100, "steps": 3},
+    "trunc300_5_n4": {"start_t": 300, "steps": 5, "n_samples": 4, "eta": 1.0},
+    "trunc300_5_dc3": {"start_t": 300, "steps": 5, "data_consistency": 3},
+    "ancestral1000": {"method": "ancestral", "steps": 1000},
+    "ancestral50": {"method": "ancestral", "steps": 50},
+}
+
+
+def central_crop(volume: np.ndarray, side: int, factor: int) -> tuple[slice, ...]:
+    side = side - side % factor
+    return tuple(slice((s - min(side, s)) // 2 // factor * factor, (s - min(side, s)) // 2 // factor * factor + min(side, s)) for s in volume.shape)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--variants", nargs="+", default=["ddim10", "regression", "trunc300_5"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler_quality.tsv"))
+    parser.add_argument("--crop", type=int, default=0, help="score a central crop of this HR side (0 = whole volume)")
+    parser.add_argument("--label", default="", help="free text stored with each row (e.g. the training recipe)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    res = Path(args.results)
+    checkpoints = sorted((res / "models").glob("stage*/checkpoint.pt"))
+    if not checkpoints:
+        raise SystemExit(f"{res}/models: no stage checkpoints")
+    import torch
+
+    config = torch.load(checkpoints[0], weights_only=True)["config"]
+    factors = config["cascade"]["factors"]
+    factor = int(np.prod(factors))
+    order = int(config["degrade"]["order"])
+    test = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == "test")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        out.write_text("label\tvariant\tsubject\tcrop\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\n")
+    for subject in test:
+        hr, _ = load_volume(res / "hr" / subject / "T1w_brain.nii.gz")
+        mask = load_volume(res / "hr" / subject / "brainmask.nii.gz")[0] > 0
+        lr, _ = load_volume(res / "lr" / subject / f"x{factor}.nii.gz")
+        if args.crop:
+            box = central_crop(hr, args.crop, factor)
+            hr, mask = hr[box], mask[box]
+            lr = lr[tuple(slice(b.start // factor, b.stop // factor) for b in box)]
+        spline = np.clip(upsample(lr, factor, order), 0, 1)
+        sp_psnr, sp_ssim = metrics.psnr_in_mask(hr, spline, mask), metrics.ssim_in_mask(hr, spline, mask)
+        for name in args.variants:
+            sampling = {**BASE, **VARIANTS[name]}
+            t0 = time.perf_counter()
+            outputs = super_resolve(lr, [str(c) for c in checkpoints], sampling, seed=args.seed, device="auto", log=lambda m: None)
+            seconds = time.perf_counter() - t0
+            sr = outputs[-1].mean
+            psnr, ssim = metrics.psnr_in_mask(hr, sr, mask), metrics.ssim_in_mask(hr, sr, mask)
+            steps = min(sampling["steps"], sampling["start_t"] or sampling["steps"])
+            nfe = steps * sampling["n_samples"] * len(checkpoints)
+            row = (f"{args.label}\t{name}\t{subject}\t{args.crop}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
+                   f"{sp_ssim:.4f}\t{psnr - sp_psnr:+.3f}\t{nfe}\t{seconds:.1f}")
+            with open(out, "a") as fh:
+                fh.write(row + "\n")
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
