@@ -82,3 +82,16 @@ def test_ssim_in_mask():
     assert metrics.ssim_in_mask(ref, noisy, mask) < 0.9
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.ssim_in_mask(ref, ref[:8], mask)
+
+
+def test_error_vs_uncertainty_bins_sorted_by_sd_and_tracks_calibrated_noise():
+    rng = np.random.default_rng(0)
+    ref = rng.random((20, 20, 20)) * 0.5 + 0.25
+    sd = rng.uniform(0.001, 0.1, size=ref.shape)
+    est = ref + sd * rng.standard_normal(ref.shape)  # errors drawn with the predicted sd
+    mask = np.ones_like(ref, bool)
+    rows = metrics.error_vs_uncertainty(ref, est, sd, mask, n_bins=5)
+    assert len(rows) == 5 and sum(r["voxels"] for r in rows) == mask.sum()
+    assert [r["sd"] for r in rows] == sorted(r["sd"] for r in rows)
+    for r in rows:  # calibrated by construction: rms error equals rms sd within a few %
+        assert r["rmse"] == pytest.approx(r["sd"], rel=0.15)

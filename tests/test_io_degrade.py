@@ -37,6 +37,15 @@ def test_round_trip_keeps_data_and_affine(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["vol.nii.gz"], "no temporary file left"
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "vol.nii.gz"
+    stale = tmp_path / ".vol.nii.gz.abc123.nii.gz"  # what a SIGKILLed save leaves
+    stale.write_bytes(b"half a file")
+    (tmp_path / ".other.nii.gz.x.nii.gz").write_bytes(b"not ours")
+    save_volume(path, np.ones((2, 2, 2)), np.eye(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.nii.gz.x.nii.gz", "vol.nii.gz"]
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     path = tmp_path / "vol.nii.gz"
     with pytest.raises(ValueError):

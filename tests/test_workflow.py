@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import math
-import re
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, snakemake_cmd
 from mrisr.data.splits import read_splits
 from mrisr.io import voxel_sizes
 
@@ -68,6 +71,11 @@ def test_end_to_end_outputs(tiny_run):
         np.testing.assert_allclose(sr.affine, hr.affine, atol=1e-5)
         assert stage1.shape == tuple(s // 2 for s in hr.shape), "stage 1 works on the intermediate grid"
         np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
+        sd = nib.load(res / "sr" / subject / "sd.nii.gz")  # n_samples: 2 in the tiny config
+        assert sd.shape == hr.shape and sd.get_fdata().max() > 0
+        with open(res / "metrics" / f"{subject}_calibration.tsv", newline="") as fh:
+            bins = list(csv.DictReader(fh, delimiter="\t"))
+        assert len(bins) == 10 and all(math.isfinite(float(b["rmse"])) for b in bins)
     with open(res / "metrics.tsv", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in test_subjects for m in ("spline", "sr")}
@@ -107,3 +115,36 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     assert spline.read_bytes() == before
     proc = run_snakemake(workdir, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_same_config_and_seed_reproduce_splits_lr_volumes_and_metrics(tiny_run, tmp_path):
+    run_snakemake(tmp_path)
+    a, b = tiny_run / "results", tmp_path / "results"
+    assert (a / "splits.tsv").read_bytes() == (b / "splits.tsv").read_bytes()
+    for lr in sorted(a.glob("lr/*/*.nii.gz")):
+        np.testing.assert_array_equal(nib.load(lr).get_fdata(), nib.load(b / lr.relative_to(a)).get_fdata())
+    assert (a / "metrics.tsv").read_text() == (b / "metrics.tsv").read_text()
+
+
+def test_a_run_killed_mid_job_restarts_and_completes_without_stale_files(tiny_run, tmp_path):
+    """SIGKILL the whole Snakemake process group while a training job runs, then restart."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        snakemake_cmd(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, start_new_session=True,
+    )
+    log = tmp_path / "results" / "logs" / "train_stage" / "stage1.log"
+    deadline = time.monotonic() + 600
+    while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before training started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results" / "report" / "index.html").exists()
+
+    run_snakemake(tmp_path, "--unlock")  # a killed Snakemake leaves its lock behind
+    run_snakemake(tmp_path)
+    res = tmp_path / "results"
+    assert (res / "report" / "index.html").exists()
+    assert not [p for p in res.rglob(".*") if p.is_file()], "no temporary half-files remain"
+    assert (res / "metrics.tsv").read_text() == (tiny_run / "results" / "metrics.tsv").read_text()

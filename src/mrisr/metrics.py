@@ -52,3 +52,32 @@ def ssim_in_mask(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) 
         full=True,
     )
     return float(ssim_map[mask].mean())
+
+
+def error_vs_uncertainty(
+    reference: np.ndarray, estimate: np.ndarray, sd: np.ndarray, mask: np.ndarray, n_bins: int = 10
+) -> list[dict[str, float]]:
+    """Calibration of a per-voxel uncertainty map: mean |error| per bin of predicted sd.
+
+    Brain voxels are sorted by the predicted standard deviation and split into
+    ``n_bins`` bins of equal count; each row gives the bin's mean predicted sd,
+    its RMS error and mean absolute error against the reference, and the voxel
+    count. A useful map has errors that rise with the predicted sd (for a
+    calibrated Gaussian, rmse ~ sd once the estimate is the mean of many samples).
+    """
+    ref, est, mask = _prepare(reference, estimate, mask)
+    if sd.shape != mask.shape:
+        raise ValueError(f"shapes differ: sd {sd.shape}, mask {mask.shape}")
+    s, err = sd[mask].astype(np.float64), (est - ref)[mask]
+    order = np.argsort(s, kind="stable")
+    rows = []
+    for chunk in np.array_split(order, n_bins):
+        if len(chunk) == 0:
+            continue
+        rows.append({
+            "sd": float(s[chunk].mean()),
+            "rmse": float(np.sqrt(np.mean(err[chunk] ** 2))),
+            "mae": float(np.mean(np.abs(err[chunk]))),
+            "voxels": int(len(chunk)),
+        })
+    return rows

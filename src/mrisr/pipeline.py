@@ -20,7 +20,7 @@ from mrisr.data.demo import demo_subject_index, make_demo_subject
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.splits import read_splits, split_subjects, write_splits
 from mrisr.diffusion.cascade import stage_pair
-from mrisr.io import atomic_path, load_volume, save_volume, voxel_sizes
+from mrisr.io import atomic_path, check_contrast, load_volume, save_volume, voxel_sizes
 
 log = logging.getLogger("mrisr")
 
@@ -41,6 +41,7 @@ def skullstrip(
 ) -> None:
     """Apply the brain mask, crop to the brain (sides divisible by ``multiple``), normalise to [0, 1]."""
     t1, affine = load_volume(raw_t1)
+    check_contrast(t1, raw_t1)
     mask, mask_affine = load_volume(raw_mask)
     if mask.shape != t1.shape or not np.allclose(mask_affine, affine, atol=1e-3):
         raise ValueError(f"{raw_mask}: mask grid {mask.shape} does not match {raw_t1} {t1.shape}")
@@ -143,15 +144,23 @@ def baseline(lr_path: str, factor: int, order: int, out_path: str) -> None:
     log.info("%s -> %s: spline order %d, x%d", lr_path, out_path, order, factor)
 
 
-def evaluate(subject: str, hr_path: str, mask_path: str, methods: Mapping[str, str], out_path: str) -> None:
-    """PSNR and SSIM of every method's volume against HR inside the brain mask (``metrics``)."""
+def evaluate(
+    subject: str, hr_path: str, mask_path: str, methods: Mapping[str, str], out_path: str,
+    sd_path: str | None = None, out_calibration: str | None = None,
+) -> None:
+    """PSNR and SSIM of every method's volume against HR inside the brain mask (``metrics``).
+
+    With ``sd_path`` (the SR samples' standard deviation) and
+    ``out_calibration``, also the binned error-versus-uncertainty table of SR.
+    """
     hr, hr_affine = load_volume(hr_path)
     mask, _ = load_volume(mask_path)
-    rows = []
+    rows, volumes = [], {}
     for method, path in methods.items():
         estimate, affine = load_volume(path)
         if estimate.shape != hr.shape or not np.allclose(affine, hr_affine, atol=1e-3):
             raise ValueError(f"{path}: grid {estimate.shape} does not match the HR grid {hr.shape} of {hr_path}")
+        volumes[method] = estimate
         rows.append({
             "subject": subject,
             "method": method,
@@ -160,6 +169,14 @@ def evaluate(subject: str, hr_path: str, mask_path: str, methods: Mapping[str, s
             "data_range": metrics.DATA_RANGE,
         })
         log.info("%s %s: PSNR %.3f dB, SSIM %.4f", subject, method, rows[-1]["psnr"], rows[-1]["ssim"])
+    if sd_path is not None and out_calibration is not None:
+        sd, _ = load_volume(sd_path)
+        table = metrics.error_vs_uncertainty(hr, volumes["sr"], sd, mask > 0)
+        with atomic_path(out_calibration) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("subject\tbin\tsd\trmse\tmae\tvoxels\n")
+                for k, r in enumerate(table):
+                    fh.write(f"{subject}\t{k}\t{r['sd']:.6g}\t{r['rmse']:.6g}\t{r['mae']:.6g}\t{r['voxels']}\n")
     write_metrics(out_path, rows)
 
 

@@ -43,8 +43,11 @@ SR_OUTPUTS = {
     "sr": "results/sr/{subject}/sr.nii.gz",
     "stages": expand("results/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
 }
+# Per-subject metrics, and the error-versus-uncertainty table with an sd map.
+EVAL_OUTPUTS = {"tsv": "results/metrics/{subject}.tsv"}
 if config["sampling"]["n_samples"] > 1:
     SR_OUTPUTS["sd"] = "results/sr/{subject}/sd.nii.gz"
+    EVAL_OUTPUTS["calibration"] = "results/metrics/{subject}_calibration.tsv"
 
 
 wildcard_constraints:
@@ -88,3 +91,10 @@ def test_lr(wildcards):
 def figure_subject():
     """The test subject shown in the report's slice panels."""
     return TEST_SUBJECTS[0]
+
+
+def uncertainty_input(wildcards):
+    """The SR samples' sd map, when several samples are drawn."""
+    if "sd" not in SR_OUTPUTS:
+        return {}
+    return {"sd": SR_OUTPUTS["sd"].format(subject=wildcards.subject)}

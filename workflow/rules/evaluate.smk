@@ -3,12 +3,13 @@
 
 rule evaluate:
     input:
+        unpack(uncertainty_input),
         hr=rules.skullstrip.output.t1,
         mask=rules.skullstrip.output.mask,
         sr=rules.super_resolve.output.sr,
         spline=rules.baseline.output.spline,
     output:
-        tsv="results/metrics/{subject}.tsv",
+        **EVAL_OUTPUTS,
     log:
         "results/logs/evaluate/{subject}.log",
     benchmark:

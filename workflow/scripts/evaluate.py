@@ -8,4 +8,6 @@ run_stage(
     mask_path=snakemake.input.mask,
     methods={"spline": snakemake.input.spline, "sr": snakemake.input.sr},
     out_path=snakemake.output.tsv,
+    sd_path=snakemake.input.get("sd"),
+    out_calibration=snakemake.output.get("calibration"),
 )
