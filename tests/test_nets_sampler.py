@@ -89,3 +89,25 @@ def test_sampler_is_seeded():
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="ancestral, ddim"):
         sample(lambda x, i: x, make_schedule("cosine", 10), (1, 1, 2, 2), method="euler")
+
+
+def test_triplanar_slices_along_each_axis_and_fuses():
+    from mrisr.diffusion.nets import TriPlanarUNet, unet_from_config
+
+    net = TriPlanarUNet(cond_channels=1, base_channels=8, channel_mult=(1, 2), num_heads=2)
+    for sub in net.nets.values():
+        torch.nn.init.normal_(sub.out_conv.weight, std=0.1)
+    x, cond = torch.randn(2, 1, 8, 12, 16), torch.randn(2, 1, 8, 12, 16)
+    t = torch.tensor([3, 900])
+    out = net(x, cond, t)
+    assert out.shape == x.shape
+    # the axial net alone, applied slice by slice along the last axis, reproduces its share
+    axial = torch.stack([net.nets["axial"](x[..., k], cond[..., k], t) for k in range(16)], dim=-1)
+    sag = torch.stack([net.nets["sagittal"](x[:, :, k], cond[:, :, k], t) for k in range(8)], dim=2)
+    cor = torch.stack([net.nets["coronal"](x[:, :, :, k], cond[:, :, :, k], t) for k in range(12)], dim=3)
+    torch.testing.assert_close(out, (axial + sag + cor) / 3, rtol=1e-4, atol=1e-5)
+    cfg = {"variant": "triplanar2d", "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+           "attention": True, "num_heads": 2}
+    assert isinstance(unet_from_config(cfg), TriPlanarUNet)
+    with pytest.raises(ValueError, match="unet3d, triplanar2d"):
+        unet_from_config({**cfg, "variant": "vit"})

@@ -134,3 +134,20 @@ def test_corrupt_checkpoint_is_a_clear_error(checkpoints, tmp_path):
         load_stage(bad, torch.device("cpu"))
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_stage(tmp_path / "none.pt", torch.device("cpu"))
+
+
+def test_triplanar_variant_trains_and_samples(tmp_path, config):
+    from mrisr.data.degrade import downsample
+
+    cfg = {**config, "model": {**config["model"], "variant": "triplanar2d"}, "cascade": {"factors": [2]},
+           "train": {**config["train"], "steps": 2, "val_every": 2}}
+    pairs = []
+    for seed in range(2):
+        hr, mask = _volumes(seed)
+        pairs.append(stage_pair(hr, downsample(hr, 2), mask, [2], 0))
+    ckpt = tmp_path / "tri.pt"
+    train_stage(pairs[:1], pairs[1:], cfg, 0, ckpt, tmp_path / "log.tsv", device="cpu", log=lambda m: None)
+    stage = load_stage(ckpt, torch.device("cpu"))
+    assert type(stage.model).__name__ == "TriPlanarUNet"
+    out = super_resolve(downsample(_volumes(3)[0], 2), [ckpt], cfg["sampling"], device="cpu", log=lambda m: None)
+    assert out[-1].mean.shape == (16, 16, 16)

@@ -235,10 +235,58 @@ class UNet(nn.Module):
         return self.out_conv(F.silu(self.out_norm(h)))
 
 
-def unet_from_config(model: dict, spatial_dims: int = 3, cond_channels: int = 1) -> UNet:
-    """Build the U-Net from the config's ``model`` section."""
-    return UNet(
-        spatial_dims=spatial_dims,
+class TriPlanarUNet(nn.Module):
+    """The seed's cheaper variant: three 2D U-Nets on sagittal, coronal and axial slices, fused.
+
+    Each net sees the 2D slices of a 3D input along its own axis (slices
+    become batch entries) and predicts them slice by slice; the three
+    predictions are averaged voxel-wise into one 3D output. The fusion is part
+    of the model, so the three nets are trained jointly on the fused output
+    and the sampler sees one denoiser. Same interface as ``UNet``:
+    ``forward(x, cond, t)`` with x (N, 1, D, H, W) -> (N, 1, D, H, W).
+    Array axes 0, 1, 2 are taken as the sagittal, coronal and axial
+    directions (RAS-like storage, as in HCP and MNI volumes).
+    """
+
+    AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+    def __init__(self, **unet_kwargs) -> None:
+        super().__init__()
+        unet_kwargs.pop("spatial_dims", None)
+        self.nets = nn.ModuleDict({name: UNet(spatial_dims=2, **unet_kwargs) for name in self.AXES})
+
+    @property
+    def divisor(self) -> int:
+        return self.nets["axial"].divisor
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"TriPlanarUNet takes (N, C, D, H, W) inputs, got shape {tuple(x.shape)}")
+        n = x.shape[0]
+        fused = torch.zeros_like(x)
+        for name, axis in self.AXES.items():
+            dim = axis + 2
+            depth = x.shape[dim]
+
+            def to_slices(v: torch.Tensor) -> torch.Tensor:  # (N, C, ...) -> (N * depth, C, P, Q)
+                v = v.movedim(dim, 1)
+                return v.reshape(n * depth, *v.shape[2:])
+
+            out = self.nets[name](to_slices(x), to_slices(cond), t.repeat_interleave(depth))
+            out = out.reshape(n, depth, *out.shape[1:]).movedim(1, dim)
+            fused = fused + out
+        return fused / len(self.AXES)
+
+
+MODEL_VARIANTS: tuple[str, ...] = ("unet3d", "triplanar2d")
+
+
+def unet_from_config(model: dict, spatial_dims: int = 3, cond_channels: int = 1) -> nn.Module:
+    """Build the reverse-process network from the config's ``model`` section.
+
+    ``model["variant"]``: ``unet3d`` (default) or ``triplanar2d`` (``TriPlanarUNet``).
+    """
+    kwargs = dict(
         cond_channels=cond_channels,
         base_channels=int(model["base_channels"]),
         channel_mult=tuple(int(m) for m in model["channel_mult"]),
@@ -247,3 +295,9 @@ def unet_from_config(model: dict, spatial_dims: int = 3, cond_channels: int = 1)
         num_heads=int(model["num_heads"]),
         dropout=float(model.get("dropout", 0.0)),
     )
+    variant = model.get("variant", "unet3d")
+    if variant == "unet3d":
+        return UNet(spatial_dims=spatial_dims, **kwargs)
+    if variant == "triplanar2d":
+        return TriPlanarUNet(**kwargs)
+    raise ValueError(f"unknown model variant {variant!r}; allowed: {', '.join(MODEL_VARIANTS)}")
