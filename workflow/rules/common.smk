@@ -76,6 +76,10 @@ def test_lr(wildcards):
     return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
 
 
-def figure_subject():
-    """The test subject shown in the report's slice panels."""
-    return TEST_SUBJECTS[0]
+def cost_benchmarks(wildcards):
+    """Benchmark files of the costly jobs the report tabulates: training per stage, inference and evaluation per test subject."""
+    return (
+        expand(rules.train_stage.benchmark, stage=STAGES)
+        + expand(rules.super_resolve.benchmark, subject=TEST_SUBJECTS)
+        + expand(rules.evaluate.benchmark, subject=TEST_SUBJECTS)
+    )
