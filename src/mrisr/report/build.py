@@ -106,10 +106,10 @@ def build_report(
         loss_png = figures.loss_figure(logs)
         figures.write_bytes(out_loss_png, loss_png)
     with timed("schedule figure", timings):
-        schedule_png = figures.noise_schedule_figure(config["diffusion"], config["sampling"])
+        curves = figures.schedule_curves(config["diffusion"], config["sampling"])
+        schedule_png = figures.noise_schedule_figure(curves)
         figures.write_bytes(out_schedule_png, schedule_png)
-        curves = figures.schedule_curves(config["diffusion"], config["sampling"])["curves"]
-        signal_loss = {name: figures.first_t_below(c["alphas_cumprod"], 1e-3) for name, c in curves.items()}
+        signal_loss = {name: figures.first_t_below(c["alphas_cumprod"], 1e-3) for name, c in curves["curves"].items()}
     with timed("slices", timings):
         subjects_tested = sorted({r["subject"] for r in metrics_rows})
         chosen = showcase(metrics_rows, [s for s in subjects_tested if s in slice_files])

@@ -154,9 +154,8 @@ def schedule_curves(diffusion: Mapping, sampling: Mapping) -> dict:
     }
 
 
-def noise_schedule_figure(diffusion: Mapping, sampling: Mapping) -> bytes:
-    """ᾱ_t, the noise variance and the signal-to-noise ratio against t, configured vs comparison schedule."""
-    c = schedule_curves(diffusion, sampling)
+def noise_schedule_figure(c: Mapping) -> bytes:
+    """ᾱ_t, the noise variance and the signal-to-noise ratio against t (``schedule_curves``'s output)."""
     t, configured = c["t"], c["configured"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for name, curve in c["curves"].items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from typing import Mapping, Sequence
 
@@ -220,7 +221,9 @@ def cost_section(costs: Sequence[Cost], train: Sequence[TrainingSummary], device
              f"wall-clock time, CPU time and peak resident memory of each job; configured device: "
              f"<code>{esc(device)}</code>.</p>"]
     steps = {f"stage{t.stage}": t.steps for t in train}
-    for rule, items in by_rule.items():
+    order = list(COST_TITLES)  # training, inference, evaluation; any other rule after them
+    for rule in sorted(by_rule, key=lambda r: (order.index(r) if r in order else len(order), r)):
+        items = by_rule[rule]
         training = rule == "train_stage"
         rows = []
         for c in sorted(items, key=lambda c: c.job):
@@ -267,7 +270,8 @@ def provenance_section(
         ("packages", ", ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())),
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in kv)
-    config_yaml = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
+    plain = json.loads(json.dumps(config, default=str))  # Snakemake's config may hold non-YAML types
+    config_yaml = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
     return "".join([
         '<h2 id="provenance">Provenance</h2>',
         f'<table class="kv" id="provenance-table"><tbody>{rows}</tbody></table>',
