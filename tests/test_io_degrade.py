@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from mrisr.data.degrade import downsample, downsample_affine, downsample_mask, upsample, upsample_affine
-from mrisr.io import VolumeError, crop_or_pad, load_volume, normalise_intensity, save_volume, voxel_sizes
+from mrisr.io import VolumeError, atomic_path, crop_or_pad, load_volume, normalise_intensity, save_volume, voxel_sizes
 
 def _oblique() -> np.ndarray:
     """A rotated, anisotropic, shifted affine (what a real oblique scan has; no shear)."""
@@ -145,3 +146,13 @@ def test_normalise_intensity():
     assert out.max() == 1.0 and out.min() == 0.0 and np.all(out[0] == 0)
     with pytest.raises(ValueError, match="empty"):
         normalise_intensity(vol, np.zeros_like(mask))
+
+
+def test_atomic_path_gives_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "x.html") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.html").stat().st_mode & 0o777 == 0o644

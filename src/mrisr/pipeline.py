@@ -204,25 +204,48 @@ def collect_metrics(paths: Sequence[str], out_path: str) -> None:
     write_metrics(out_path, rows)
 
 
+def plot_slices(
+    subject: str, lr_path: str, spline_path: str, sr_path: str, hr_path: str, mask_path: str,
+    out_panels: str, out_sweep: str,
+) -> None:
+    """One test subject's slice panels and axial sweep for the report (``report.slice_figures``)."""
+    from mrisr.report import slice_figures
+
+    slice_figures(lr_path, spline_path, sr_path, hr_path, mask_path, subject, out_panels, out_sweep)
+    log.info("%s: slice panels %s, sweep %s", subject, out_panels, out_sweep)
+
+
 def report(
     metrics_path: str,
     splits_path: str,
     config: dict,
     train_logs: Sequence[str],
-    figure_subject: str,
-    figure_volumes: Mapping[str, str],
-    out_html: str,
+    benchmark_files: Sequence[str],
+    slice_files: Mapping[str, tuple[str, str]],
+    outputs: Mapping[str, str],
+    repo_dir: str | None = None,
 ) -> None:
-    """Write the self-contained HTML report."""
+    """Write the self-contained HTML report and the figures and tables it embeds.
+
+    ``outputs`` names the files: html, metrics_png, loss_png, schedule_png,
+    summary_tsv, cost_tsv (``report.build_report``).
+    """
     from mrisr.report import build_report
 
-    build_report(
+    timings = build_report(
         metrics_rows=read_metrics(metrics_path),
         splits=read_splits(splits_path),
         config=config,
         train_logs=list(train_logs),
-        figure_subject=figure_subject,
-        figure_volumes=dict(figure_volumes),
-        out_html=out_html,
+        benchmark_files=list(benchmark_files),
+        slice_files=dict(slice_files),
+        out_html=outputs["html"],
+        out_metrics_png=outputs["metrics_png"],
+        out_loss_png=outputs["loss_png"],
+        out_schedule_png=outputs["schedule_png"],
+        out_summary_tsv=outputs["summary_tsv"],
+        out_cost_tsv=outputs["cost_tsv"],
+        repo_dir=repo_dir,
     )
-    log.info("report written to %s", out_html)
+    size = Path(outputs["html"]).stat().st_size
+    log.info("report written to %s: %.2f MB in %.1f s", outputs["html"], size / 1e6, sum(timings.values()))

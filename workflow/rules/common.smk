@@ -88,13 +88,17 @@ def test_lr(wildcards):
     return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
 
 
-def figure_subject():
-    """The test subject shown in the report's slice panels."""
-    return TEST_SUBJECTS[0]
-
-
 def uncertainty_input(wildcards):
     """The SR samples' sd map, when several samples are drawn."""
     if "sd" not in SR_OUTPUTS:
         return {}
     return {"sd": SR_OUTPUTS["sd"].format(subject=wildcards.subject)}
+
+
+def cost_benchmarks(wildcards):
+    """Benchmark files of the costly jobs the report tabulates: training per stage, inference and evaluation per test subject."""
+    return (
+        expand(rules.train_stage.benchmark, stage=STAGES)
+        + expand(rules.super_resolve.benchmark, subject=TEST_SUBJECTS)
+        + expand(rules.evaluate.benchmark, subject=TEST_SUBJECTS)
+    )

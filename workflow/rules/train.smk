@@ -11,11 +11,13 @@ rule train_stage:
             "results/models/stage{stage}/train_log.tsv",
             caption="../report/train_log.rst",
             category="Training",
+            subcategory="stage {stage}",
         ),
         plot=report(
             "results/models/stage{stage}/loss.png",
             caption="../report/loss.rst",
             category="Training",
+            subcategory="stage {stage}",
         ),
     params:
         stage=stage_index,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from _adapter import run_stage
 
 run_stage(
@@ -7,12 +9,11 @@ run_stage(
     splits_path=snakemake.input.splits,
     config=dict(snakemake.params.config),
     train_logs=list(snakemake.input.train_logs),
-    figure_subject=snakemake.params.figure_subject,
-    figure_volumes={
-        "LR": snakemake.input.lr[0],
-        "spline": snakemake.input.spline[0],
-        "SR": snakemake.input.sr[0],
-        "HR": snakemake.input.hr[0],
+    benchmark_files=list(snakemake.input.benchmarks),
+    slice_files={
+        subject: (panels, sweep)
+        for subject, panels, sweep in zip(snakemake.params.subjects, snakemake.input.panels, snakemake.input.sweeps)
     },
-    out_html=snakemake.output.html,
+    outputs={key: snakemake.output[key] for key in snakemake.output.keys()},
+    repo_dir=str(Path(snakemake.scriptdir).resolve().parents[1]),
 )

@@ -1,0 +1,183 @@
+"""The numbers of the report: metric summaries, PSNR gains, training and run-time tables.
+
+Pure functions of the workflow's tables (``metrics.tsv``, ``train_log.tsv``,
+Snakemake's ``benchmark:`` files); no plotting and no HTML, so the numbers
+the report shows can be checked against their sources.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+BASELINE = "spline"
+
+
+def method_order(rows: Iterable[Mapping]) -> list[str]:
+    """The methods in ``rows``: the spline baseline first, the others in order of first appearance."""
+    seen: list[str] = []
+    for row in rows:
+        if row["method"] not in seen:
+            seen.append(row["method"])
+    return sorted(seen, key=lambda m: (m != BASELINE, seen.index(m)))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean, sample standard deviation (n - 1; None for n < 2), median, min and max of n values."""
+
+    n: int
+    mean: float
+    sd: float | None
+    median: float
+    minimum: float
+    maximum: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Stats":
+        if not values:
+            raise ValueError("no values to summarise")
+        values = [float(v) for v in values]
+        sd = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else None
+        return cls(len(values), statistics.fmean(values), sd, statistics.median(values), min(values), max(values))
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """Aggregates of one method over the test subjects; ``gain`` is PSNR(method) - PSNR(spline)."""
+
+    method: str
+    psnr: Stats
+    ssim: Stats
+    gain: Stats | None  # None for the baseline itself or when no subject has a spline row
+    wins: int  # subjects where the method's PSNR is above the spline's
+
+
+def gains_over_baseline(rows: Sequence[Mapping]) -> dict[tuple[str, str], float]:
+    """{(subject, method): PSNR(method) - PSNR(spline)} for every non-baseline row with a baseline row."""
+    baseline = {r["subject"]: r["psnr"] for r in rows if r["method"] == BASELINE}
+    return {
+        (r["subject"], r["method"]): r["psnr"] - baseline[r["subject"]]
+        for r in rows
+        if r["method"] != BASELINE and r["subject"] in baseline
+    }
+
+
+def summarise(rows: Sequence[Mapping]) -> list[MethodSummary]:
+    """One ``MethodSummary`` per method of ``rows`` (dicts with subject, method, psnr, ssim)."""
+    keys = [(r["subject"], r["method"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"metrics table has repeated (subject, method) rows: {dup}")
+    gains = gains_over_baseline(rows)
+    out = []
+    for method in method_order(rows):
+        mine = [r for r in rows if r["method"] == method]
+        g = [gains[(r["subject"], method)] for r in mine if (r["subject"], method) in gains]
+        out.append(MethodSummary(
+            method=method,
+            psnr=Stats.of([r["psnr"] for r in mine]),
+            ssim=Stats.of([r["ssim"] for r in mine]),
+            gain=Stats.of(g) if g else None,
+            wins=sum(1 for v in g if v > 0),
+        ))
+    return out
+
+
+def data_ranges(rows: Sequence[Mapping]) -> list[float]:
+    """The distinct data ranges the metrics were computed with (one, in a consistent table)."""
+    return sorted({float(r["data_range"]) for r in rows})
+
+
+# -- training logs -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """The end of one stage's ``train_log.tsv``."""
+
+    stage: int
+    steps: int
+    final_train_loss: float
+    final_val_loss: float
+    best_val_loss: float
+    best_val_step: int
+    seconds: float  # the trainer's own clock at the last log line
+
+
+def read_train_log(path: str | Path) -> dict[str, list[float]]:
+    """``train_log.tsv`` as {column: values}: step, train_loss, val_loss, lr, seconds."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows:
+        raise ValueError(f"{path}: training log has no rows")
+    return {key: [float(r[key]) for r in rows] for key in rows[0]}
+
+
+def summarise_training(log: Mapping[str, Sequence[float]], stage: int) -> TrainingSummary:
+    best = min(range(len(log["val_loss"])), key=lambda k: log["val_loss"][k])
+    return TrainingSummary(
+        stage=stage,
+        steps=int(log["step"][-1]),
+        final_train_loss=log["train_loss"][-1],
+        final_val_loss=log["val_loss"][-1],
+        best_val_loss=log["val_loss"][best],
+        best_val_step=int(log["step"][best]),
+        seconds=log["seconds"][-1] if "seconds" in log else float("nan"),
+    )
+
+
+# -- Snakemake benchmark files ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Cost:
+    """One job's resources from its Snakemake ``benchmark:`` file (mean over repeats)."""
+
+    rule: str
+    job: str  # the file's stem: stage1, demo03, ...
+    seconds: float  # wall clock
+    cpu_seconds: float
+    max_rss_mb: float  # peak resident memory, MB (NaN where not measured)
+    repeats: int
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")  # Snakemake writes "-" or "NA" where it could not measure
+
+
+def read_benchmark(path: str | Path) -> Cost:
+    """A Snakemake benchmark TSV (columns s, h:m:s, max_rss, ..., cpu_time) at results/benchmarks/<rule>/<job>.tsv."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or "s" not in rows[0]:
+        raise ValueError(f"{path}: not a Snakemake benchmark file (no 's' column)")
+    mean = lambda key: statistics.fmean(_number(r.get(key)) for r in rows)  # noqa: E731
+    rss = [v for v in (_number(r.get("max_rss")) for r in rows) if math.isfinite(v)]
+    return Cost(
+        rule=path.parent.name, job=path.stem, seconds=mean("s"), cpu_seconds=mean("cpu_time"),
+        max_rss_mb=max(rss) if rss else float("nan"), repeats=len(rows),
+    )
+
+
+def hms(seconds: float) -> str:
+    """Seconds as h:mm:ss (or m:ss under an hour)."""
+    if not math.isfinite(seconds):
+        return "n/a"
+    total = int(round(seconds))
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def write_tsv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
