@@ -133,7 +133,7 @@ def test_schedule_curves_are_the_schedules(configured, other):
         np.testing.assert_array_equal(curve["alphas_cumprod"], abar)
         np.testing.assert_allclose(curve["noise_variance"], (1 - abar) * 0.3)
     np.testing.assert_array_equal(c["sampled_t"], [1, 501, 1000])
-    expected = sampling_schedule({"diffusion": diffusion}, "ddim", 3).timestep_map + 1
+    expected = sampling_schedule({"diffusion": diffusion}, {"method": "ddim", "steps": 3}).timestep_map + 1
     np.testing.assert_array_equal(c["sampled_t"], expected)
     assert figures.first_t_below(c["curves"]["seed"]["alphas_cumprod"], 1e-3) == 203
 

@@ -147,7 +147,7 @@ def schedule_curves(diffusion: Mapping, sampling: Mapping) -> dict:
         with np.errstate(divide="ignore"):
             snr = abar / ((1.0 - abar) * noise_var)
         curves[name] = {"alphas_cumprod": abar, "noise_variance": (1.0 - abar) * noise_var, "snr": snr}
-    spaced = sampling_schedule({"diffusion": dict(diffusion)}, str(sampling["method"]), int(sampling["steps"]))
+    spaced = sampling_schedule({"diffusion": dict(diffusion)}, dict(sampling))
     return {
         "t": t, "noise_var": noise_var, "configured": configured, "curves": curves,
         "sampled_t": np.asarray(spaced.timestep_map) + 1,
