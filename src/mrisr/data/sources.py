@@ -18,6 +18,15 @@ from mrisr.data import hcp, local
 from mrisr.data.demo import demo_subject_ids
 
 SOURCES: tuple[str, ...] = ("demo", "hcp", "local")
+# The grammar of each source's subject IDs, for the workflow's wildcard
+# constraint. Listing the IDs themselves ("100307|100408|...") makes Snakemake
+# rescan an 8 kB pattern for every file of every job: a dry run over the 1,113
+# HCP subjects took minutes (docs/benchmarks.md).
+SUBJECT_ID_PATTERNS: dict[str, str] = {
+    "demo": r"demo[0-9]+",
+    "hcp": hcp.HCP_SUBJECT.pattern,
+    "local": local.LOCAL_SUBJECT.pattern,
+}
 
 
 def _source(config: Mapping[str, Any]) -> str:
@@ -35,6 +44,11 @@ def subject_ids(config: Mapping[str, Any]) -> list[str]:
     if source == "hcp":
         return hcp.read_subjects(config["hcp"].get("subjects") or (), config["hcp"].get("subjects_file"))
     return list(local.find_scans(config["local"]))
+
+
+def subject_id_pattern(config: Mapping[str, Any]) -> str:
+    """A regex every subject ID of the source matches (and no path with a '/' or '.')."""
+    return SUBJECT_ID_PATTERNS[_source(config)]
 
 
 def ships_mask(config: Mapping[str, Any]) -> bool:
