@@ -7,6 +7,9 @@ working directory, for several cohort sizes and a few repeats each. Nothing is
 downloaded. Writes benchmarks/results/dag_scale.tsv.
 
     .venv/bin/python benchmarks/dag_scale.py [--sizes 8 100 1113] [--repeats 3]
+
+``--snakefile OTHER/Snakefile --out FILE`` measures another checkout (e.g. an
+older commit exported with ``git archive``) with this checkout's config.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ def job_count(output: str) -> int:
     return int(match.group(1))
 
 
-def dry_run(workdir: Path, config: Path) -> tuple[float, int]:
+def dry_run(workdir: Path, config: Path, snakefile: Path) -> tuple[float, int]:
     snakemake = Path(sys.executable).with_name("snakemake")
     cmd = [
-        str(snakemake), "-n", "--quiet", "rules", "--snakefile", str(ROOT / "Snakefile"),
+        str(snakemake), "-n", "--quiet", "rules", "--snakefile", str(snakefile),
         "--directory", str(workdir), "--configfile", str(config), "--cores", "2",
     ]
     start = time.perf_counter()
@@ -56,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 100, 300, 1113])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--snakefile", type=Path, default=ROOT / "Snakefile")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dag_scale.tsv")
     args = parser.parse_args()
 
     rows = ["subjects\tjobs\tmedian_s\tmin_s\tmax_s\trepeats\tload_avg_1min"]
@@ -71,17 +76,16 @@ def main() -> None:
             workdir.mkdir()
             times, jobs = [], 0
             for _ in range(args.repeats):
-                seconds, jobs = dry_run(workdir, config)
+                seconds, jobs = dry_run(workdir, config, args.snakefile)
                 times.append(seconds)
             load = os.getloadavg()[0]
             rows.append(
                 f"{n}\t{jobs}\t{statistics.median(times):.2f}\t{min(times):.2f}\t{max(times):.2f}\t{args.repeats}\t{load:.1f}"
             )
             print(rows[-1], flush=True)
-    out = ROOT / "benchmarks" / "results" / "dag_scale.tsv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(rows) + "\n")
-    print(out.read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(rows) + "\n")
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Cases: Colin27 at 1 mm; at 2 mm (2x2x2 block means; mask: mean >= 0.5); at
 1 mm with a smooth bias field (+-15 %) and Rician noise (3 % of white matter)
 added; and the synthetic head phantom at 2 mm (``mrisr.data.phantom``, what the
 tests use). Methods: ``mrisr.data.brain_extraction.extract_brain`` (defaults,
-and ``brain_fraction`` 0.45 and 0.65 on Colin27 1 mm to show how much the
-result depends on it) and ``brainextractor`` (PyPI, a Python re-implementation
+and ``brain_fraction`` from 0.45 to 0.7 on Colin27 1 mm to show how much the
+result depends on it; a run that refuses to give a mask is a row with
+dice "error") and ``brainextractor`` (PyPI, a Python re-implementation
 of FSL BET; defaults: f = 0.5, 1000 iterations), if installed
 (``pip install -e ".[bench]"``). Everything runs single-threaded; each
 brainextractor figure excludes numba's compilation (a warm-up run on the phantom).
@@ -44,7 +45,7 @@ from scipy import ndimage  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mrisr.data.brain_extraction import dice, extract_brain  # noqa: E402
+from mrisr.data.brain_extraction import BrainExtractionError, dice, extract_brain  # noqa: E402
 from mrisr.data.demo import _smooth_field  # noqa: E402
 from mrisr.data.phantom import make_head_phantom  # noqa: E402
 from mrisr.io import voxel_sizes  # noqa: E402
@@ -116,14 +117,20 @@ def main() -> None:
         methods = [("mrisr", lambda t, a: run_mrisr(t, a))]
         if name == "colin27_1mm":
             methods += [
-                (f"mrisr brain_fraction={f}", lambda t, a, f=f: run_mrisr(t, a, brain_fraction=f)) for f in (0.45, 0.65)
+                (f"mrisr brain_fraction={f}", lambda t, a, f=f: run_mrisr(t, a, brain_fraction=f))
+                for f in (0.45, 0.5, 0.6, 0.65, 0.7)
             ]
         if have_bet:
             methods.append(("brainextractor", run_brainextractor))
         voxel_ml = float(np.prod(voxel_sizes(affine))) / 1000.0
         for method, function in methods:
             start = time.perf_counter()
-            mask = function(t1, affine)
+            try:
+                mask = function(t1, affine)
+            except BrainExtractionError as err:
+                rows.append(f"{name}\t{method}\t\t\terror\t\t\t{time.perf_counter() - start:.1f}\t\t{err}")
+                print(rows[-1], flush=True)
+                continue
             seconds = time.perf_counter() - start
             rows.append(
                 f"{name}\t{method}\t{voxel_sizes(affine)[0]:.1f}\t{'x'.join(map(str, t1.shape))}\t{dice(mask, ref):.4f}"

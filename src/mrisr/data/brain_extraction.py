@@ -6,12 +6,14 @@ from the scalp, keep the brain, grow it back, close it. Everything is done
 with scipy/scikit-image on distance transforms in millimetres, so the same
 settings work at 0.7, 1 or 2 mm voxels and on anisotropic grids.
 
-1. Smooth with a Gaussian of ``smooth_mm``. The head is the largest
-   component brighter than 10 % of the way from the 2nd to the 98th
-   intensity percentile (BET's background threshold), its holes filled in 3D and slice by slice (a field of view cut through
-   the neck leaves the skull cavity open in 3D). ``depth`` is each voxel's
-   distance (mm) from the head's surface; the field-of-view border does not
-   count as surface.
+1. Smooth with a Gaussian of ``smooth_mm`` and resample to voxels of at
+   least ``working_mm`` (distance transforms dominate the cost; the mask is
+   resampled back at the end). The head is the largest component brighter
+   than 10 % of the way from the 2nd to the 98th intensity percentile (BET's
+   background threshold), its holes filled in 3D and slice by slice (a field
+   of view cut through the neck leaves the skull cavity open in 3D). ``depth`` is each voxel's
+   distance (mm) from the head's surface or the field of view's border, so
+   tissue the border cuts through (neck, face) counts as surface too.
 2. The brain's typical intensity ``m`` is the median of the head's deepest
    bright region (above the lower of three Otsu classes, eroded by the
    largest radius of ``erosion_mm``). Candidate brain voxels are head voxels
@@ -20,8 +22,9 @@ settings work at 0.7, 1 or 2 mm voxels and on anisotropic grids.
 3. The candidates are eroded by each radius of ``erosion_mm`` in turn, and
    the largest eroded component is kept, until less than ``shallow_tolerance``
    of it lies within ``surface_mm`` + radius of the head's surface: the
-   brain has then come apart from the scalp, marrow and muscle, which all
-   lie near the surface. No radius that separates them is an error.
+   brain has then come apart from the scalp, marrow, muscle and neck, which
+   all reach the surface or the border. No radius that separates them is an
+   error, not a mask that leaks.
 4. The component is dilated back by the radius (+ 1 mm) inside the
    candidates, closed by ``closing_mm`` (sulcal CSF) and its holes filled
    (ventricles).
@@ -116,8 +119,8 @@ def extract_brain(
     smooth = np.clip(smooth, p2, p98)
 
     head = _fill_holes_slicewise(_largest_component(smooth > p2 + 0.1 * (p98 - p2)))
-    # Edge padding makes the field-of-view border part of the head, not its surface.
-    depth = ndimage.distance_transform_edt(np.pad(head, 1, mode="edge"), sampling=sampling)[1:-1, 1:-1, 1:-1]
+    # Padding with background makes the field-of-view border count as surface.
+    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=sampling)[1:-1, 1:-1, 1:-1]
 
     bright = head & (smooth > threshold_multiotsu(smooth[head], classes=3)[0])
     deep_bright = _largest_component(_erode(bright, radii[-1], sampling))
