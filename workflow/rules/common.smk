@@ -44,8 +44,9 @@ MODEL_CONFIG = {
 }
 
 
-# The source's ID grammar, not the list of IDs: a 1,113-way alternation makes
-# Snakemake's DAG building several times slower (docs/benchmarks.md).
+# The source's ID grammar rather than the list of IDs: with a 1,113-way
+# alternation Snakemake rescans an 8 kB pattern for every file of every job
+# (docs/benchmarks.md, "DAG scale").
 wildcard_constraints:
     subject=subject_id_pattern(config),
     stage=r"\d+",

@@ -20,8 +20,8 @@ from mrisr.data.demo import demo_subject_ids
 SOURCES: tuple[str, ...] = ("demo", "hcp", "local")
 # The grammar of each source's subject IDs, for the workflow's wildcard
 # constraint. Listing the IDs themselves ("100307|100408|...") makes Snakemake
-# rescan an 8 kB pattern for every file of every job: a dry run over the 1,113
-# HCP subjects took minutes (docs/benchmarks.md).
+# rescan an 8 kB pattern for every file of every job, 2-6 s of a 10-18 s dry
+# run over the 1,113 HCP subjects (docs/benchmarks.md, "DAG scale").
 SUBJECT_ID_PATTERNS: dict[str, str] = {
     "demo": r"demo[0-9]+",
     "hcp": hcp.HCP_SUBJECT.pattern,
