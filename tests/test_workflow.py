@@ -15,30 +15,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import REPO, run_snakemake, snakemake_cmd
+from conftest import REPO, job_counts, run_snakemake, snakemake_cmd
 from mrisr.data.splits import read_splits
 from mrisr.io import voxel_sizes
 
 pytestmark = pytest.mark.slow
 
 
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table Snakemake prints, as {rule: count}."""
-    table = output.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    counts.pop("total", None)
-    return counts
-
-
 def test_default_config_dry_run_and_lint(tmp_path):
     proc = run_snakemake(tmp_path, "-n", config=REPO / "config" / "config.yaml")
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["fetch_demo"] == 8 and counts["train_stage"] == 1 and counts["report"] == 1
+    assert counts["fetch"] == 8 and counts["train_stage"] == 1 and counts["report"] == 1
     lint = run_snakemake(tmp_path, "--lint", config=REPO / "config" / "config.yaml")
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+import shutil
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mrisr import metrics
 from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample_affine
+from mrisr.data.brain_extraction import extract_brain
 from mrisr.data.demo import demo_subject_index, make_demo_subject
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.splits import read_splits, split_subjects, write_splits
@@ -27,24 +29,91 @@ log = logging.getLogger("mrisr")
 METRIC_COLUMNS = ("subject", "method", "psnr", "ssim", "data_range")
 
 
-def fetch_demo(subject: str, seed: int, voxel_size_mm: float, out_t1: str, out_mask: str) -> None:
+def fetch(
+    subject: str,
+    source: str,
+    out_t1: str,
+    out_mask: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    local_t1: str | None = None,
+    local_mask: str | None = None,
+) -> None:
+    """Fetch one subject's raw T1 (and the source's brain mask, if ``out_mask``) from ``source``.
+
+    ``settings`` is the source's config section (``demo`` or ``hcp``);
+    ``local_t1``/``local_mask`` are the files of a local subject.
+    """
+    settings = dict(settings or {})
+    if source == "demo":
+        fetch_demo(subject, settings["seed"], settings["voxel_size_mm"], out_t1, out_mask)
+    elif source == "hcp":
+        from mrisr.data.hcp import S3Settings, fetch_subject
+
+        outputs = {"t1": out_t1} | ({"mask": out_mask} if out_mask else {})
+        fetch_subject(subject, S3Settings.from_config(settings), outputs)
+    elif source == "local":
+        if local_t1 is None:
+            raise ValueError(f"{subject}: source local needs the subject's T1 file")
+        copy_volume(local_t1, out_t1)
+        if out_mask:
+            if local_mask is None:
+                raise ValueError(f"{subject}: a mask output was asked for but the subject has no mask file")
+            copy_volume(local_mask, out_mask)
+        log.info("%s: %s -> %s%s", subject, local_t1, out_t1, f", mask {local_mask}" if out_mask else "")
+    else:
+        raise ValueError(f"unknown source {source!r}; allowed: demo, hcp, local")
+
+
+def fetch_demo(subject: str, seed: int, voxel_size_mm: float, out_t1: str, out_mask: str | None) -> None:
     """Synthesise one demo subject (``data.demo``) as raw T1 and brain mask NIfTIs."""
     sub = make_demo_subject(demo_subject_index(subject), seed=seed, voxel_size_mm=voxel_size_mm)
-    save_volume(out_mask, sub.mask, sub.affine, dtype=np.uint8)
+    if out_mask:
+        save_volume(out_mask, sub.mask, sub.affine, dtype=np.uint8)
     save_volume(out_t1, sub.t1, sub.affine)
     log.info("%s: demo subject %s, shape %s, %.1f mm", subject, out_t1, sub.t1.shape, voxel_size_mm)
 
 
+def copy_volume(src: str, dest: str) -> None:
+    """Copy a 3D NIfTI to ``dest`` (.nii.gz) atomically; the source is only read.
+
+    A .nii.gz file is copied byte for byte; a .nii file is rewritten
+    compressed with its header kept. Either way the volume is checked first.
+    """
+    import nibabel as nib
+
+    load_volume(src)  # a clear error naming the file if it is not a usable 3D NIfTI
+    with atomic_path(dest) as tmp:
+        if str(src).endswith(".nii.gz"):
+            shutil.copyfile(src, tmp)
+        else:
+            nib.save(nib.load(src), str(tmp))
+
+
 def skullstrip(
-    raw_t1: str, raw_mask: str, out_t1: str, out_mask: str,
+    raw_t1: str, out_t1: str, out_mask: str,
     margin_mm: float, multiple: int, percentile: float,
+    raw_mask: str | None = None,
 ) -> None:
-    """Apply the brain mask, crop to the brain (sides divisible by ``multiple``), normalise to [0, 1]."""
+    """Mask the brain, crop to it (sides divisible by ``multiple``), normalise to [0, 1].
+
+    The mask is the source's (``raw_mask``) when it ships one, otherwise
+    estimated from the T1 (``data.brain_extraction``). Either way it is written
+    to ``out_mask``, beside the stripped volume, on the same cropped grid.
+    """
     t1, affine = load_volume(raw_t1)
     check_contrast(t1, raw_t1)
-    mask, mask_affine = load_volume(raw_mask)
-    if mask.shape != t1.shape or not np.allclose(mask_affine, affine, atol=1e-3):
-        raise ValueError(f"{raw_mask}: mask grid {mask.shape} does not match {raw_t1} {t1.shape}")
+    if raw_mask is not None:
+        mask, mask_affine = load_volume(raw_mask)
+        if mask.shape != t1.shape or not np.allclose(mask_affine, affine, atol=1e-3):
+            raise ValueError(f"{raw_mask}: mask grid {mask.shape} does not match {raw_t1} {t1.shape}")
+        log.info("%s: brain mask from the source, %s", raw_t1, raw_mask)
+    else:
+        found = extract_brain(t1, affine)
+        mask = found.mask
+        log.info(
+            "%s: brain mask estimated: %.0f mL, brain intensity %.4g, separated from the scalp at %.0f mm erosion",
+            raw_t1, found.volume_ml, found.brain_intensity, found.erosion_mm,
+        )
     out = skullstrip_with_mask(t1, mask, affine, margin_mm, multiple, percentile)
     save_volume(out_mask, out.mask, out.affine, dtype=np.uint8)
     save_volume(out_t1, out.t1, out.affine)

@@ -1,23 +1,29 @@
 # Helpers shared by all stages: the subject list, the split, the cascade.
 # The workflow imports its core package from this checkout's src/, so the
 # rules and the scripts always run the code they were written against.
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from mrisr.data.demo import demo_subject_ids
+from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
 
 
+# Local scans are found once, when the workflow is parsed: {subject: files}.
+LOCAL_SCANS = local_scans(config)
+
+
 def subject_list():
-    """Subject IDs of the configured source."""
-    return demo_subject_ids(config["demo"]["n_subjects"])
+    """Subject IDs of the configured source, validated (they name folders under results/)."""
+    if config["source"] == "local":
+        return list(LOCAL_SCANS)
+    return subject_ids(config)
 
 
 SUBJECTS = subject_list()
+SOURCE_SHIPS_MASK = ships_mask(config)
 # The split is a pure function of subjects and seed: the DAG is planned with
 # the same function the split rule writes results/splits.tsv with.
 SPLIT = split_subjects(
@@ -50,10 +56,36 @@ if config["sampling"]["n_samples"] > 1:
     EVAL_OUTPUTS["calibration"] = "results/metrics/{subject}_calibration.tsv"
 
 
+# The source's ID grammar rather than the list of IDs: with a 1,113-way
+# alternation Snakemake rescans an 8 kB pattern for every file of every job
+# (docs/benchmarks.md, "DAG scale").
 wildcard_constraints:
-    subject="|".join(re.escape(s) for s in SUBJECTS),
+    subject=subject_id_pattern(config),
     stage=r"\d+",
     factor=r"\d+",
+
+
+def source_mask_output():
+    """The fetch rule's mask output, for sources that ship a brain mask; none otherwise."""
+    if SOURCE_SHIPS_MASK:
+        return {"mask": "results/raw/{subject}/brainmask.nii.gz"}
+    return {}
+
+
+def local_scan_files(wildcards):
+    """The fetch inputs of a local subject (its T1 and mask files); none for other sources."""
+    scan = LOCAL_SCANS.get(wildcards.subject)
+    if scan is None:
+        return {}
+    return {"t1": scan.t1} | ({"mask": scan.mask} if scan.mask else {})
+
+
+def raw_volumes(wildcards):
+    """The raw T1 of a subject, and the source's brain mask when it ships one."""
+    files = {"t1": rules.fetch.output.t1}
+    if SOURCE_SHIPS_MASK:
+        files["mask"] = rules.fetch.output.mask
+    return files
 
 
 def fitting_subjects():

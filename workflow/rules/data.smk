@@ -1,25 +1,27 @@
-# fetch: subjects from the configured source; skullstrip: mask, crop, normalise.
+# fetch: one subject from the configured source (demo, hcp or local);
+# skullstrip: mask (the source's, or estimated), crop, normalise.
 
 
-rule fetch_demo:
+rule fetch:
+    input:
+        unpack(local_scan_files),
     output:
         t1="results/raw/{subject}/T1w.nii.gz",
-        mask="results/raw/{subject}/brainmask.nii.gz",
+        **source_mask_output(),
     params:
-        seed=config["demo"]["seed"],
-        voxel_size_mm=config["demo"]["voxel_size_mm"],
+        source=config["source"],
+        data=data_identity(config),
     log:
         "results/logs/fetch/{subject}.log",
     conda:
         "../../envs/mrisr.yaml"
     script:
-        "../scripts/fetch_demo.py"
+        "../scripts/fetch.py"
 
 
 rule skullstrip:
     input:
-        t1=rules.fetch_demo.output.t1,
-        mask=rules.fetch_demo.output.mask,
+        unpack(raw_volumes),
     output:
         t1="results/hr/{subject}/T1w_brain.nii.gz",
         mask="results/hr/{subject}/brainmask.nii.gz",

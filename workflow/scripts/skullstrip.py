@@ -4,7 +4,7 @@ run_stage(
     snakemake,
     "skullstrip",
     raw_t1=snakemake.input.t1,
-    raw_mask=snakemake.input.mask,
+    raw_mask=snakemake.input.get("mask"),  # absent when the source ships none: estimated
     out_t1=snakemake.output.t1,
     out_mask=snakemake.output.mask,
     margin_mm=snakemake.params.margin_mm,

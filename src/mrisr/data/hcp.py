@@ -1,0 +1,343 @@
+"""HCP-1200 from its S3 bucket: subject lists and safe, verified downloads.
+
+The Human Connectome Project's 1200-subject release lies in
+``s3://hcp-openaccess/HCP_1200/{subject}/`` (region us-east-1). For each
+subject the workflow takes the preprocessed T1 (``T1w/T1w_acpc_dc_restore.nii.gz``,
+0.7 mm, 260 x 311 x 260) and FreeSurfer's brain mask on the same grid
+(``T1w/brainmask_fs.nii.gz``).
+
+Reading the bucket needs the AWS keys HCP issues (see ``HOW_TO_GET_KEYS``).
+They are found by boto3's standard chain (environment variables, shared
+credentials and config files, ...) or taken from a named profile; they are
+never passed as arguments, written to a file or logged by this module.
+
+A download goes to a temporary file beside the target, is checked against the
+object's size (and MD5, when the ETag of a single-part upload is one) and only
+then renamed onto the target, so an interrupted or corrupted transfer never
+leaves a file that looks complete. Transient failures (connection errors, cut
+or corrupted transfers, throttling, 5xx) are retried with exponential
+backoff; credentials, permission and missing-object errors are not, and each
+raises its own ``FetchError`` subclass with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from mrisr.io import atomic_path
+
+log = logging.getLogger("mrisr")
+
+HCP_BUCKET = "hcp-openaccess"
+HCP_PREFIX = "HCP_1200"
+HCP_REGION = "us-east-1"
+# What the workflow takes from each subject's folder, by the name fetch gives it.
+HCP_FILES: dict[str, str] = {
+    "t1": "T1w/T1w_acpc_dc_restore.nii.gz",
+    "mask": "T1w/brainmask_fs.nii.gz",
+}
+HCP_SUBJECT = re.compile(r"[1-9][0-9]{5}")
+CHUNK_BYTES = 1 << 20
+
+HOW_TO_GET_KEYS = (
+    "HCP data on S3 are read with AWS keys issued by the Human Connectome Project: log in to "
+    "ConnectomeDB (https://db.humanconnectome.org), accept the Open Access Data Use Terms of the "
+    "WU-Minn HCP 1200 Subjects release, and create your key pair with 'Amazon S3 Access' on that "
+    "release's page. Then either export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or store the "
+    "keys as a profile in ~/.aws/credentials and set hcp.profile to the profile's name."
+)
+
+
+class FetchError(RuntimeError):
+    """A subject could not be fetched; the message says why and what to do."""
+
+
+class CredentialsMissing(FetchError):
+    """No AWS credentials were found (or the named profile does not exist)."""
+
+
+class AccessDenied(FetchError):
+    """The server refused the credentials or this object (HTTP 403)."""
+
+
+class NotFound(FetchError):
+    """No such bucket, subject or file (HTTP 404)."""
+
+
+class TransferFailed(FetchError):
+    """The transfer kept failing (network, cut or corrupted transfers) after every attempt."""
+
+
+class _Corrupt(Exception):
+    """A transfer that completed but whose bytes do not match the object (retried)."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the release lies and how to reach it; see config/config.schema.yaml (``hcp``)."""
+
+    bucket: str = HCP_BUCKET
+    prefix: str = HCP_PREFIX
+    region: str = HCP_REGION
+    endpoint_url: str | None = None
+    profile: str | None = None
+    attempts: int = 5
+    backoff_s: float = 2.0
+    timeout_s: float = 60.0
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> "S3Settings":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in section.items() if k in names})
+
+    def key(self, subject: str, name: str) -> str:
+        """The object key of file ``name`` (a key of ``HCP_FILES``) of ``subject``."""
+        return f"{self.prefix}/{validate_subject(subject)}/{HCP_FILES[name]}"
+
+
+def validate_subject(subject: Any) -> str:
+    """An HCP subject ID as a string: six digits (``100307``); anything else raises ``ValueError``.
+
+    YAML reads unquoted IDs as integers, so integers are accepted too.
+    """
+    text = str(subject) if isinstance(subject, int) and not isinstance(subject, bool) else subject
+    if not isinstance(text, str) or not HCP_SUBJECT.fullmatch(text):
+        raise ValueError(f"{subject!r} is not an HCP subject ID (six digits, e.g. 100307)")
+    return text
+
+
+def read_subjects(subjects: Iterable[Any] = (), subjects_file: str | os.PathLike | None = None) -> list[str]:
+    """Subject IDs from a list and/or a file (one per line; blank lines and ``#`` comments ignored).
+
+    Every ID is validated; duplicates are an error (they would be one subject
+    counted twice). The order is kept: the split does not depend on it.
+    """
+    found: list[tuple[str, str]] = [(validate_subject(s), "hcp.subjects") for s in subjects]
+    if subjects_file:
+        path = Path(subjects_file)
+        if not path.is_file():
+            raise ValueError(f"hcp.subjects_file {path}: no such file")
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                try:
+                    found.append((validate_subject(entry), f"{path}:{number}"))
+                except ValueError as err:
+                    raise ValueError(f"{path} line {number}: {err}") from None
+    seen: dict[str, str] = {}
+    for subject, where in found:
+        if subject in seen:
+            raise ValueError(f"subject {subject} is listed twice ({seen[subject]} and {where})")
+        seen[subject] = where
+    if not seen:
+        raise ValueError("source: hcp needs subjects: set hcp.subjects or hcp.subjects_file")
+    return list(seen)
+
+
+def s3_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client with credentials from the standard chain or ``settings.profile``.
+
+    Raises ``CredentialsMissing`` (with ``HOW_TO_GET_KEYS``) before any request
+    is made when no credentials can be found. Retries are left to ``download``.
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        session = boto3.session.Session(profile_name=settings.profile or None, region_name=settings.region)
+    except ProfileNotFound:
+        raise CredentialsMissing(
+            f"AWS profile {settings.profile!r} (hcp.profile) is not in the AWS credentials or config "
+            f"files. {HOW_TO_GET_KEYS}"
+        ) from None
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise CredentialsMissing(f"no AWS credentials found to read s3://{settings.bucket}. {HOW_TO_GET_KEYS}")
+    log.info("AWS credentials from %s%s", credentials.method, f" (profile {settings.profile})" if settings.profile else "")
+    config = Config(
+        retries={"total_max_attempts": 1},
+        connect_timeout=settings.timeout_s,
+        read_timeout=settings.timeout_s,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
+
+
+def _is_transient(err: Exception) -> bool:
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        FlexibleChecksumError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
+
+    # Cut or corrupted transfers (our size/MD5 checks, or botocore's own checksum
+    # where the object has one) are as transient as a dropped connection.
+    transfer = (_Corrupt, FlexibleChecksumError, IncompleteReadError, ResponseStreamingError)
+    if isinstance(err, transfer + (ConnectionError, HTTPClientError)):
+        return True
+    if isinstance(err, ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = err.response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}
+    return False
+
+
+def _client_error(err: Exception, bucket: str, key: str, subject: str) -> FetchError | None:
+    """The specific error behind a non-transient S3 error response, or None."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(err, ClientError):
+        return None
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    code = err.response.get("Error", {}).get("Code", "") or str(status)
+    where = f"s3://{bucket}/{key}"
+    if code == "InvalidAccessKeyId":
+        return AccessDenied(
+            f"{where}: the server does not know this access key ID (403 {code}): the keys may have been "
+            f"revoked or not be HCP keys. {HOW_TO_GET_KEYS}"
+        )
+    if code == "SignatureDoesNotMatch":
+        return AccessDenied(
+            f"{where}: the secret access key does not match the access key ID (403 {code}); "
+            "check that both come from the same HCP key pair"
+        )
+    if status == 403 or code in {"AccessDenied", "AllAccessDisabled", "ExpiredToken", "InvalidToken"}:
+        return AccessDenied(
+            f"{where}: access denied (403 {code}). The keys were accepted but may not read this object: "
+            "HCP keys only work once the Open Access Data Use Terms of the WU-Minn HCP 1200 Subjects "
+            "release have been accepted on ConnectomeDB (https://db.humanconnectome.org); accept them, "
+            "then create the keys again under 'Amazon S3 Access' if they predate the acceptance"
+        )
+    if code == "NoSuchBucket":
+        return NotFound(f"bucket {bucket} does not exist (404 {code}): check hcp.bucket and hcp.endpoint_url")
+    if status == 404 or code in {"NoSuchKey", "NotFound"}:
+        return NotFound(
+            f"{where} does not exist (404 {code}): is {subject} an HCP-1200 subject with structural "
+            "scans (1,113 of the 1,206 subjects have a T1w), and is the subject ID right?"
+        )
+    return None
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Delete temporary files an interrupted run left beside ``dest`` (``io.atomic_path`` names)."""
+    for stale in dest.parent.glob(f".{dest.name}.*"):
+        log.info("removing %s, left by an interrupted transfer", stale)
+        stale.unlink(missing_ok=True)
+
+
+def download(
+    client: Any,
+    bucket: str,
+    key: str,
+    dest: str | os.PathLike,
+    attempts: int = 5,
+    backoff_s: float = 2.0,
+    subject: str = "",
+    check: Callable[[Path], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Download ``s3://bucket/key`` to ``dest`` through a verified temporary file.
+
+    Each attempt streams the object into a temporary file beside ``dest``
+    while counting bytes and computing the MD5, compares them with the
+    object's size and (single-part, non-KMS) ETag, and renames the file onto
+    ``dest`` only if both match (and ``check(temporary_path)``, if given,
+    raises nothing). Transient failures are retried up to
+    ``attempts`` times in all, sleeping ``backoff_s * 2**k`` (at most 60 s)
+    between attempts. Returns what was verified: bytes, md5 (or None), attempts.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(dest)
+    last: Exception | None = None
+    for attempt in range(1, max(1, attempts) + 1):
+        if attempt > 1:
+            pause = min(60.0, backoff_s * 2 ** (attempt - 2))
+            log.warning("s3://%s/%s: attempt %d failed (%s); retrying in %.1f s", bucket, key, attempt - 1, last, pause)
+            sleep(pause)
+        try:
+            return _download_once(client, bucket, key, dest, check) | {"attempts": attempt}
+        except Exception as err:  # classified below: specific, transient or unexpected
+            if isinstance(err, FetchError):  # the check refused the file
+                raise type(err)(f"s3://{bucket}/{key}: {err}") from None
+            specific = _client_error(err, bucket, key, subject)
+            if specific is not None:
+                raise specific from None
+            if not _is_transient(err):
+                raise
+            last = err
+    raise TransferFailed(
+        f"s3://{bucket}/{key}: the transfer failed {attempts} times, last with: {last}. Check the network "
+        "connection (and hcp.endpoint_url if set); nothing was written, and re-running the workflow "
+        "fetches this subject again"
+    )
+
+
+def _download_once(client: Any, bucket: str, key: str, dest: Path, check: Callable[[Path], None] | None) -> dict[str, Any]:
+    response = client.get_object(Bucket=bucket, Key=key)
+    expected_size = int(response["ContentLength"])
+    etag = str(response.get("ETag", "")).strip('"')
+    # A single-part upload's ETag is the MD5 of the object unless it is KMS-encrypted;
+    # a multipart upload's is '<md5 of part md5s>-<parts>' and says nothing about the bytes.
+    md5_expected = etag if re.fullmatch(r"[0-9a-f]{32}", etag) and response.get("ServerSideEncryption") != "aws:kms" else None
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    with atomic_path(dest) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in response["Body"].iter_chunks(CHUNK_BYTES):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+        finally:
+            response["Body"].close()
+        if size != expected_size:
+            raise _Corrupt(f"received {size} bytes of {expected_size}")
+        if md5_expected is not None and digest.hexdigest() != md5_expected:
+            raise _Corrupt(f"MD5 {digest.hexdigest()} of the received bytes is not the ETag {md5_expected}")
+        if check is not None:
+            check(tmp)
+    return {"bytes": size, "md5": md5_expected}
+
+
+def check_nifti_3d(path: Path) -> None:
+    """Raise ``FetchError`` unless ``path`` has the header of a 3D NIfTI (the data are not read)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as err:  # nibabel raises many types for broken files
+        raise FetchError(f"the downloaded object is not a NIfTI file ({type(err).__name__}: {err})") from None
+    if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+        raise FetchError(f"the downloaded object is a NIfTI of shape {shape}, not a 3D volume")
+
+
+def fetch_subject(subject: str, settings: S3Settings, outputs: Mapping[str, str | os.PathLike]) -> None:
+    """Download the files of ``subject`` named in ``outputs`` (keys of ``HCP_FILES``) to their paths."""
+    subject = validate_subject(subject)
+    unknown = set(outputs) - set(HCP_FILES)
+    if unknown:
+        raise ValueError(f"unknown HCP files {sorted(unknown)}; known: {', '.join(HCP_FILES)}")
+    client = s3_client(settings)
+    for name, dest in outputs.items():
+        key = settings.key(subject, name)
+        start = time.perf_counter()
+        result = download(
+            client, settings.bucket, key, dest, settings.attempts, settings.backoff_s,
+            subject=subject, check=check_nifti_3d,
+        )
+        check = f"MD5 {result['md5']}" if result["md5"] else "size only (multipart ETag)"
+        log.info(
+            "%s: s3://%s/%s -> %s, %d bytes, verified: %s, %d attempt(s), %.1f s",
+            subject, settings.bucket, key, dest, result["bytes"], check, result["attempts"], time.perf_counter() - start,
+        )

@@ -1,0 +1,77 @@
+"""Where subjects come from: one place that knows the data sources (``config["source"]``).
+
+The workflow plans its jobs with these functions (``workflow/rules/common.smk``)
+and ``pipeline.fetch`` fetches one subject from the same config.
+
+| source | subjects | ships a brain mask |
+|---|---|---|
+| ``demo`` | demo01 ... (``demo.n_subjects``) | yes (the template's) |
+| ``hcp`` | ``hcp.subjects`` and/or ``hcp.subjects_file`` (six-digit IDs) | yes (``brainmask_fs``) |
+| ``local`` | from the paths (``local.t1`` pattern or ``local.bids_root``) | if ``local.mask`` is set |
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mrisr.data import hcp, local
+from mrisr.data.demo import demo_subject_ids
+
+SOURCES: tuple[str, ...] = ("demo", "hcp", "local")
+# The grammar of each source's subject IDs, for the workflow's wildcard
+# constraint. Listing the IDs themselves ("100307|100408|...") makes Snakemake
+# rescan an 8 kB pattern for every file of every job, 2-6 s of a 10-18 s dry
+# run over the 1,113 HCP subjects (docs/benchmarks.md, "DAG scale").
+SUBJECT_ID_PATTERNS: dict[str, str] = {
+    "demo": r"demo[0-9]+",
+    "hcp": hcp.HCP_SUBJECT.pattern,
+    "local": local.LOCAL_SUBJECT.pattern,
+}
+
+
+def _source(config: Mapping[str, Any]) -> str:
+    source = config.get("source", "demo")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}")
+    return source
+
+
+def subject_ids(config: Mapping[str, Any]) -> list[str]:
+    """The subject IDs of the configured source, validated."""
+    source = _source(config)
+    if source == "demo":
+        return demo_subject_ids(config["demo"]["n_subjects"])
+    if source == "hcp":
+        return hcp.read_subjects(config["hcp"].get("subjects") or (), config["hcp"].get("subjects_file"))
+    return list(local.find_scans(config["local"]))
+
+
+def subject_id_pattern(config: Mapping[str, Any]) -> str:
+    """A regex every subject ID of the source matches (and no path with a '/' or '.')."""
+    return SUBJECT_ID_PATTERNS[_source(config)]
+
+
+def ships_mask(config: Mapping[str, Any]) -> bool:
+    """Whether the source provides a brain mask (otherwise skullstrip estimates one)."""
+    source = _source(config)
+    return source in ("demo", "hcp") or bool(config["local"].get("mask"))
+
+
+def local_scans(config: Mapping[str, Any]) -> dict[str, local.LocalScan]:
+    """{subject: LocalScan} when the source is local, else empty."""
+    return local.find_scans(config["local"]) if _source(config) == "local" else {}
+
+
+def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config values a fetched file's content depends on (not how it is transferred).
+
+    The fetch rule takes these as params, so changing them re-fetches, while
+    changing retries, timeouts, credentials or a mirror's address does not.
+    Local files are the rule's inputs instead.
+    """
+    source = _source(config)
+    if source == "demo":
+        return {"seed": config["demo"]["seed"], "voxel_size_mm": config["demo"]["voxel_size_mm"]}
+    if source == "hcp":
+        return {"bucket": config["hcp"]["bucket"], "prefix": config["hcp"]["prefix"]}
+    return {}
