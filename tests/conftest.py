@@ -28,10 +28,11 @@ def snakemake_cmd(workdir: Path, *args: str, config: Path = TINY_CONFIG) -> list
         "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir),
         "--configfile", str(config),
-        "--cores", "2",
         # One torch thread per network job: on a shared 2-core machine two
         # threads that spin-wait for each other make training several times slower.
+        # (Before --cores: a list option would swallow the targets in args.)
         "--set-threads", "train_stage=1", "super_resolve=1",
+        "--cores", "2",
         *args,
     ]
 
@@ -161,9 +162,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+TIMINGS: list[str] = []
+
+
 def report_time(config, message: str) -> None:
-    """A line in pytest's output even when output is captured (timings of the Slurm tests)."""
-    config.pluginmanager.getplugin("terminalreporter").write_line(message)
+    """Note a timing of the Slurm tests for the end of pytest's report."""
+    TIMINGS.append(message.strip())
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if TIMINGS:
+        terminalreporter.write_sep("-", "Slurm timings")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,7 +139,7 @@ def test_slurm_profile_dry_run_sizes_the_jobs(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert "Using profiles" in output and "workflow specific profile" in output
-    blocks = output.split("\nrule ")[1:]
+    blocks = re.split(r"\n\s*(?:local)?rule ", output)[1:]  # group members are indented
     train = [b for b in blocks if b.startswith("train_stage:")]
     assert len(train) == 2
     for block in train:
