@@ -51,6 +51,15 @@ def run_snakemake(
     return proc
 
 
+def synthetic_volumes(seed: int, shape=(16, 16, 16)):
+    """A seeded volume in [0, 1] that brightens along axis 0, and a box mask inside it."""
+    rng = np.random.default_rng(seed)
+    hr = np.clip(np.cumsum(rng.random(shape), axis=0) / shape[0], 0, 1).astype(np.float32)
+    mask = np.zeros(shape, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    return hr, mask
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table Snakemake prints, as {rule: count}."""
     table = output.split("Job stats:", 1)[1]

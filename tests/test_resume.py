@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import synthetic_volumes as _volumes
 from conftest import REPO, TINY_CONFIG, assert_same_model, assert_same_training
 from mrisr.data.degrade import downsample
 from mrisr.data.splits import write_splits
@@ -52,12 +53,6 @@ def config():
     return cfg
 
 
-def _volumes(seed: int, shape=(16, 16, 16)):
-    rng = np.random.default_rng(seed)
-    hr = np.clip(np.cumsum(rng.random(shape), axis=0) / shape[0], 0, 1).astype(np.float32)
-    mask = np.zeros(shape, bool)
-    mask[2:-2, 2:-2, 2:-2] = True
-    return hr, mask
 
 
 @pytest.fixture(scope="module")

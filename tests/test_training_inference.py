@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import synthetic_volumes as _volumes
 from conftest import TINY_CONFIG
 from mrisr.diffusion.cascade import stage_grids, stage_pair, total_factor
 from mrisr.inference import CheckpointError, load_stage, super_resolve
@@ -19,12 +20,6 @@ def config():
     return cfg
 
 
-def _volumes(seed: int, shape=(16, 16, 16)):
-    rng = np.random.default_rng(seed)
-    hr = np.clip(np.cumsum(rng.random(shape), axis=0) / shape[0], 0, 1).astype(np.float32)
-    mask = np.zeros(shape, bool)
-    mask[2:-2, 2:-2, 2:-2] = True
-    return hr, mask
 
 
 def test_stage_grids_and_pairs():
