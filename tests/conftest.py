@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import csv
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+import torch
+
+from mrisr.data.splits import read_splits
+from mrisr.io import voxel_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny.yaml"
@@ -21,6 +28,10 @@ def snakemake_cmd(workdir: Path, *args: str, config: Path = TINY_CONFIG) -> list
         "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir),
         "--configfile", str(config),
+        # One torch thread per network job: on a shared 2-core machine two
+        # threads that spin-wait for each other make training several times slower.
+        # (Before --cores: a list option would swallow the targets in args.)
+        "--set-threads", "train_stage=1", "super_resolve=1",
         "--cores", "2",
         *args,
     ]
@@ -122,3 +133,225 @@ def faulty_proxy(hcp_server):
     proxy = FaultyProxy(hcp_server.endpoint_url)
     yield proxy
     proxy.close()
+
+
+def assert_same_training(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+    """Model, EMA and optimiser states equal element by element (same operations in the same order)."""
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=rtol, atol=atol, msg=f"{key}.{name}")
+    for pid, state in a["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(state[name], b["optimizer"]["state"][pid][name], rtol=rtol, atol=atol,
+                                       msg=f"optimizer {pid} {name}")
+
+
+def assert_same_model(a: dict, b: dict, rtol: float = 1e-4) -> None:
+    """Two trainings that differ only in the order of floating-point sums agree as models.
+
+    Element-wise comparison is too strict here: Adam turns the noise in a
+    near-zero gradient (a bias in front of a GroupNorm) into full-size steps.
+    What must agree is all weights taken together and what the network computes.
+    """
+    from mrisr.diffusion.nets import unet_from_config
+
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        va = torch.cat([v.flatten().double() for v in a[key].values()])
+        vb = torch.cat([v.flatten().double() for v in b[key].values()])
+        assert (va - vb).norm() <= rtol * vb.norm(), f"{key}: relative difference {(va - vb).norm() / vb.norm():.2e}"
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(3, 1, 16, 16, 16, generator=g), torch.rand(3, 1, 16, 16, 16, generator=g)
+    t = torch.tensor([10, 500, 990])
+    outputs = []
+    for payload in (a, b):
+        net = unet_from_config(payload["config"]["model"])
+        net.load_state_dict(payload["ema"])
+        with torch.no_grad():
+            outputs.append(net.eval()(x, cond, t))
+    assert (outputs[0] - outputs[1]).abs().max() <= 10 * rtol * outputs[1].abs().max()
+
+
+def train_reference(workdir: Path, payload: dict, out: Path) -> dict:
+    """Train the stage of checkpoint ``payload`` again, straight and in this process, on the
+    workflow's files in ``workdir``; returns the new checkpoint (the uninterrupted reference)."""
+    from mrisr.data.splits import read_splits
+    from mrisr.diffusion.cascade import total_factor
+    from mrisr.pipeline import train
+
+    res = workdir / "results"
+    subjects = read_splits(res / "splits.tsv")
+    factor = total_factor(payload["config"]["cascade"]["factors"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(
+            hr_paths={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
+            lr_paths={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
+            mask_paths={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
+            splits_path=str(res / "splits.tsv"), config=payload["config"], stage=payload["stage"],
+            out_checkpoint=str(out / "checkpoint.pt"), out_log=str(out / "log.tsv"), out_plot=str(out / "loss.png"),
+        )
+    finally:
+        torch.set_num_threads(before)
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def check_tiny_outputs(workdir: Path) -> None:
+    """Every output of a complete run of the tiny config is there, on the right grid, and sane."""
+    res = workdir / "results"
+    splits = read_splits(res / "splits.tsv")
+    test_subjects = sorted(s for s, v in splits.items() if v == "test")
+    assert len(splits) == 4 and len(test_subjects) == 1
+    for subject in splits:
+        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
+        lr = nib.load(res / "lr" / subject / "x4.nii.gz")
+        assert lr.shape == tuple(s // 4 for s in hr.shape)
+        np.testing.assert_allclose(voxel_sizes(lr.affine), 4 * voxel_sizes(hr.affine))
+    for stage in (1, 2):
+        assert (res / "models" / f"stage{stage}" / "checkpoint.pt").stat().st_size > 0
+        assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
+    for subject in test_subjects:
+        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
+        sr = nib.load(res / "sr" / subject / "sr.nii.gz")
+        stage1 = nib.load(res / "sr" / subject / "stage1.nii.gz")
+        assert sr.shape == hr.shape
+        np.testing.assert_allclose(sr.affine, hr.affine, atol=1e-5)
+        assert stage1.shape == tuple(s // 2 for s in hr.shape), "stage 1 works on the intermediate grid"
+        np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
+        sd = nib.load(res / "sr" / subject / "sd.nii.gz")  # n_samples: 2 in the tiny config
+        assert sd.shape == hr.shape and sd.get_fdata().max() > 0
+        with open(res / "metrics" / f"{subject}_calibration.tsv", newline="") as fh:
+            bins = list(csv.DictReader(fh, delimiter="\t"))
+        assert len(bins) == 10 and all(math.isfinite(float(b["rmse"])) for b in bins)
+    with open(res / "metrics.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in test_subjects for m in ("spline", "sr")}
+    for r in rows:
+        assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
+    html = (res / "report" / "index.html").read_text()
+    assert "PSNR" in html and "data range = 1" in html and html.count("data:image/png;base64,") >= 2
+    assert not list(res.rglob(".*.nii.gz.*")), "no temporary files left behind"
+    assert not list(res.rglob("resume.pt")), "resume checkpoints are deleted once a stage is trained"
+
+
+# --- Slurm -----------------------------------------------------------------------------
+
+SLURM_PROFILE = REPO / "profiles" / "slurm"
+
+
+def in_ci() -> bool:
+    """CI sets CI=true; there the Slurm tests must run, never skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+TIMINGS: list[str] = []
+
+
+def report_time(config, message: str) -> None:
+    """Note a timing of the Slurm tests for the end of pytest's report."""
+    TIMINGS.append(message.strip())
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if TIMINGS:
+        terminalreporter.write_sep("-", "Slurm timings")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory, pytestconfig):
+    """A one-node Slurm cluster on this machine for the whole session (tests/slurm_cluster.py).
+
+    A fixture rather than a step of .ci/run: the daemons live exactly as long
+    as the tests that need them, are stopped even when a test fails, and
+    ``make test`` on a developer's machine with Slurm installed runs the same
+    tests as CI. Without Slurm (or root) the tests are skipped with the reason,
+    except in CI, where that is a failure.
+    """
+    import slurm_cluster as sc
+
+    reason = sc.unavailable_reason()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"CI must run the Slurm tests, but {reason}")
+        pytest.skip(reason)
+    import time
+
+    cluster = sc.Cluster(tmp_path_factory.mktemp("slurm"))
+    start = time.monotonic()
+    try:
+        cluster.start()
+        report_time(pytestconfig, f"\nSlurm cluster up in {time.monotonic() - start:.1f} s")
+        yield cluster
+    finally:
+        start = time.monotonic()
+        cluster.stop()
+        report_time(pytestconfig, f"\nSlurm cluster stopped in {time.monotonic() - start:.1f} s")
+
+
+def slurm_snakemake_cmd(workdir: Path, *args: str, config: Path = TINY_CONFIG, timeout: int = 900,
+                        set_resources: dict | None = None) -> list[str]:
+    """snakemake --profile profiles/slurm, plus what the throw-away test cluster needs.
+
+    The cluster has no accounting database: job states come from squeue and no
+    account is given. Job states are polled sooner than on a real cluster (the
+    plugin then waits 10 s longer after every poll that finds no job finished)
+    and the jobs' Slurm logs are kept. ``set_resources`` replaces values of the profile's
+    set-resources (Snakemake replaces the profile's whole list when
+    --set-resources is on the command line, so the others are passed again).
+    ``timeout -k 60`` ends a hung run: SIGTERM alone does not stop Snakemake.
+    """
+    import yaml
+
+    extra: list[str] = []
+    if set_resources:
+        profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+        resources = {rule: dict(values) for rule, values in profile["set-resources"].items()}
+        for rule, values in set_resources.items():
+            resources.setdefault(rule, {}).update(values)
+        extra = ["--set-resources", *(f"{rule}:{key}={value}" for rule, values in resources.items()
+                                      for key, value in values.items())]
+    exe = Path(sys.executable).with_name("snakemake")
+    return [
+        "timeout", "-k", "60", str(timeout),
+        str(exe if exe.exists() else shutil.which("snakemake")),
+        "--profile", str(SLURM_PROFILE),
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(config),
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "1",
+        "--slurm-no-account",
+        "--slurm-keep-successful-logs",
+        "--jobs", "8",
+        *args,  # before --set-resources, which would take targets for more resources
+        *extra,
+    ]
+
+
+def slurm_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": os.pathsep.join(("/usr/sbin", "/sbin", os.environ["PATH"]))}
+
+
+@pytest.fixture(scope="session")
+def slurm_tiny_run(slurm_cluster, tmp_path_factory, pytestconfig):
+    """The tiny config run end to end through ``snakemake --profile profiles/slurm``.
+
+    Returns (workdir, Snakemake's output, the run's Slurm job records).
+    """
+    import re
+    import time
+
+    workdir = tmp_path_factory.mktemp("slurm_tiny_run")
+    start = time.monotonic()
+    proc = subprocess.run(slurm_snakemake_cmd(workdir), capture_output=True, text=True, env=slurm_env())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{output[-6000:]}\n{slurm_cluster.logs()}"
+    run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
+    jobs = [job for job in slurm_cluster.jobs() if job.get("JobName") == run_id]
+    report_time(pytestconfig, f"\ntiny workflow through Slurm: {time.monotonic() - start:.0f} s, {len(jobs)} Slurm jobs")
+    return workdir, output, jobs

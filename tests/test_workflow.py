@@ -5,19 +5,23 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
+
+import pytest
+import torch
+import yaml
 
 import nibabel as nib
 import numpy as np
-import pytest
 
-from conftest import REPO, job_counts, run_snakemake, snakemake_cmd
-from mrisr.data.splits import read_splits
-from mrisr.io import voxel_sizes
+from conftest import (
+    REPO, TINY_CONFIG, assert_same_model, check_tiny_outputs, job_counts, run_snakemake, snakemake_cmd,
+    train_reference,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,39 +42,7 @@ def test_config_typo_is_a_clear_error(tmp_path):
 
 
 def test_end_to_end_outputs(tiny_run):
-    res = tiny_run / "results"
-    splits = read_splits(res / "splits.tsv")
-    test_subjects = sorted(s for s, v in splits.items() if v == "test")
-    assert len(splits) == 4 and len(test_subjects) == 1
-    for subject in splits:
-        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
-        lr = nib.load(res / "lr" / subject / "x4.nii.gz")
-        assert lr.shape == tuple(s // 4 for s in hr.shape)
-        np.testing.assert_allclose(voxel_sizes(lr.affine), 4 * voxel_sizes(hr.affine))
-    for stage in (1, 2):
-        assert (res / "models" / f"stage{stage}" / "checkpoint.pt").stat().st_size > 0
-        assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
-    for subject in test_subjects:
-        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
-        sr = nib.load(res / "sr" / subject / "sr.nii.gz")
-        stage1 = nib.load(res / "sr" / subject / "stage1.nii.gz")
-        assert sr.shape == hr.shape
-        np.testing.assert_allclose(sr.affine, hr.affine, atol=1e-5)
-        assert stage1.shape == tuple(s // 2 for s in hr.shape), "stage 1 works on the intermediate grid"
-        np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
-        sd = nib.load(res / "sr" / subject / "sd.nii.gz")  # n_samples: 2 in the tiny config
-        assert sd.shape == hr.shape and sd.get_fdata().max() > 0
-        with open(res / "metrics" / f"{subject}_calibration.tsv", newline="") as fh:
-            bins = list(csv.DictReader(fh, delimiter="\t"))
-        assert len(bins) == 10 and all(math.isfinite(float(b["rmse"])) for b in bins)
-    with open(res / "metrics.tsv", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in test_subjects for m in ("spline", "sr")}
-    for r in rows:
-        assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
-    html = (res / "report" / "index.html").read_text()
-    assert "PSNR" in html and "data range = 1" in html and html.count("data:image/png;base64,") >= 2
-    assert not list(res.rglob(".*.nii.gz.*")), "no temporary files left behind"
+    check_tiny_outputs(tiny_run)
 
 
 def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependents(tiny_run, tmp_path):
@@ -134,4 +106,78 @@ def test_a_run_killed_mid_job_restarts_and_completes_without_stale_files(tiny_ru
     res = tmp_path / "results"
     assert (res / "report" / "index.html").exists()
     assert not [p for p in res.rglob(".*") if p.is_file()], "no temporary half-files remain"
-    assert (res / "metrics.tsv").read_text() == (tiny_run / "results" / "metrics.tsv").read_text()
+    # training resumed from its last checkpoint: the same model up to the order of float sums
+    killed, straight = (
+        {(r["subject"], r["method"]): r for r in csv.DictReader(open(d / "results" / "metrics.tsv"), delimiter="\t")}
+        for d in (tmp_path, tiny_run)
+    )
+    assert killed.keys() == straight.keys()
+    for key, row in killed.items():
+        assert abs(float(row["psnr"]) - float(straight[key]["psnr"])) < 0.01
+        assert abs(float(row["ssim"]) - float(straight[key]["ssim"])) < 1e-3
+
+
+def test_training_killed_mid_way_resumes_from_its_checkpoint(tiny_run, tmp_path):
+    """Kill every process of a running train_stage job (as Slurm does at a time limit), run it
+    again; twice: SIGKILL (no warning: the last periodic checkpoint is what is left), then
+    SIGTERM (training saves the step it was on). The model is the uninterrupted one."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    steps = 300
+    config["train"].update(steps=steps, val_every=50, checkpoint_every=10)
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(yaml.safe_dump(config))
+    target = "results/models/stage1/checkpoint.pt"
+    resume = workdir / "results" / "models" / "stage1" / "resume.pt"
+    log_file = workdir / "results" / "logs" / "train_stage" / "stage1.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    previous = 0
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        proc = subprocess.Popen(snakemake_cmd(workdir, target, config=longer), env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not resume.exists() or torch.load(resume, weights_only=True)["step"] <= previous:
+            assert proc.poll() is None, proc.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "no new resume checkpoint within 300 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, sig)  # Snakemake, the job's script: every process, as Slurm does
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode != 0, output[-4000:]
+        stopped = torch.load(resume, weights_only=True)["step"]
+        assert previous < stopped < steps
+        if previous:
+            assert f"resumed from step {previous} of {steps}" in log_file.read_text()
+        if sig == signal.SIGKILL:
+            assert stopped % 10 == 0, "without warning, the last periodic checkpoint is what is left"
+            run_snakemake(workdir, "--unlock", config=longer)  # the killed Snakemake left its lock
+        else:
+            assert f"stopped by SIGTERM after step {stopped}" in log_file.read_text()
+        previous = stopped
+
+    run_snakemake(workdir, target, config=longer)
+    assert f"resumed from step {previous} of {steps}" in log_file.read_text()
+    assert not resume.exists(), "deleted once the stage is trained"
+    final = torch.load(workdir / target, weights_only=True)
+    assert final["step"] == steps
+    assert len((workdir / "results" / "models" / "stage1" / "train_log.tsv").read_text().splitlines()) == 1 + 6
+    assert_same_model(final, train_reference(workdir, final, tmp_path / "reference"))
+
+
+def test_slurm_profile_dry_run_sizes_the_jobs(tmp_path):
+    """Without a cluster: profiles/slurm parses, combines with profiles/default, and sizes the jobs."""
+    cmd = snakemake_cmd(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"))
+    cmd.remove("--set-threads"), cmd.remove("train_stage=1"), cmd.remove("super_resolve=1")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "Using profiles" in output and "workflow specific profile" in output
+    blocks = re.split(r"\n\s*(?:local)?rule ", output)[1:]  # group members are indented
+    train = [b for b in blocks if b.startswith("train_stage:")]
+    assert len(train) == 2
+    for block in train:
+        # mem_mb (from input sizes) and runtime ("12h") are resolved when the job is submitted
+        assert "gpu=1," in block and "cpus_per_gpu=8" in block and "slurm_extra=--signal=TERM@300" in block
+    make_lr = [b for b in blocks if b.startswith("make_lr:")]
+    assert make_lr and all("mem_mb=4000" in b and "gpu" not in b and "runtime=60" in b for b in make_lr)

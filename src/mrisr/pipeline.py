@@ -146,10 +146,34 @@ def train(
     out_checkpoint: str,
     out_log: str,
     out_plot: str,
+    resume_path: str | None = None,
+    checkpoint_every: int = 0,
+    nproc: int = 1,
+    threads: int = 1,
+    log_file: str | None = None,
+    world=None,
 ) -> None:
-    """Train one cascade stage on the train subjects, validating on the val subjects."""
+    """Train one cascade stage on the train subjects, validating on the val subjects.
+
+    With ``nproc`` > 1 the stage is trained by that many DDP workers started
+    with torchrun (``mrisr.distributed``; ``log_file`` receives the first
+    worker's log, each worker uses ``threads // nproc`` CPU threads); each
+    worker calls this function again with its ``world``. Training resumes from
+    ``resume_path`` and checkpoints there (``mrisr.training.train_stage``).
+    """
     from mrisr.report import plot_loss_curve
     from mrisr.training import train_stage
+
+    if world is None and nproc > 1:
+        from mrisr.distributed import launch
+
+        kwargs = dict(
+            hr_paths=dict(hr_paths), lr_paths=dict(lr_paths), mask_paths=dict(mask_paths),
+            splits_path=splits_path, config=config, stage=stage, out_checkpoint=out_checkpoint,
+            out_log=out_log, out_plot=out_plot, resume_path=resume_path, checkpoint_every=checkpoint_every,
+        )
+        launch(nproc, kwargs, log_file, threads)
+        return
 
     assignment = read_splits(splits_path)
     factors = config["cascade"]["factors"]
@@ -171,10 +195,13 @@ def train(
     config = {**config, "data": {"lr_voxel_size_mm": [float(v) for v in lr_voxel]}}
     result = train_stage(
         pairs("train"), pairs("val"), config, stage, out_checkpoint, out_log,
-        device=config["device"], log=log.info,
+        device=config["device"], log=log.info, resume_path=resume_path,
+        checkpoint_every=checkpoint_every, world=world,
     )
-    plot_loss_curve(out_log, out_plot, title=f"stage {stage + 1}")
-    log.info("stage %d trained: %d steps in %.0f s, val loss %.5f", stage, result.steps, result.seconds, result.final_val_loss)
+    if world is None or world.is_main:
+        plot_loss_curve(out_log, out_plot, title=f"stage {stage + 1}")
+        log.info("stage %d trained: %d steps in %.0f s, val loss %.5f",
+                 stage, result.steps, result.seconds, result.final_val_loss)
 
 
 def super_resolve(

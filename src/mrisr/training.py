@@ -1,10 +1,12 @@
-"""Training one cascade stage: random brain patches, the DDPM loss, EMA, checkpoints.
+"""Training one cascade stage: random brain patches, the DDPM loss, EMA, checkpoints, resume, DDP.
 
 The loss is the simple DDPM objective (Ho et al. 2020, eq. 14), written for
 any parameterisation: t ~ U{1..T}, eps ~ N(0, noise_var I),
 x_t = q_sample(x_0, t, eps), loss = || f(x_t, cond, t) - y ||^2 with y the
 eps, x_0 or v target (``parameterization``). Parameters are averaged with an
 exponential moving average (EMA), whose weights are the ones sampled from.
+Training resumes exactly where it stopped (``mrisr.resume``) and runs on
+several GPUs with DDP (``mrisr.distributed``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ import torch.nn.functional as F
 import mrisr
 from mrisr.diffusion import parameterization
 from mrisr.diffusion.cascade import StagePair
-from mrisr.diffusion.nets import UNet, unet_from_config
+from mrisr.diffusion.nets import unet_from_config
 from mrisr.diffusion.schedule import make_schedule, q_sample
+from mrisr.distributed import World
 from mrisr.io import atomic_path
+from mrisr.resume import (
+    RESUME_FORMAT,
+    StopSignals,
+    TrainingInterrupted,
+    data_fingerprint,
+    default_resume_path,
+    load_resume,
+    rng_state,
+    set_rng_state,
+)
 
 LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds")
 
@@ -67,13 +80,21 @@ class PatchSampler:
             if len(c) == 0:
                 raise ValueError(f"training volume {k} has an empty brain mask")
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, n: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` patch positions; return the patches of ``rows`` of them (all by default).
+
+        The generator advances by ``n`` draws whatever ``rows`` is, so workers
+        that each keep their rows of one global batch stay in step.
+        """
         p = self.patch_size
-        cond = np.empty((n, 1, p, p, p), np.float32)
-        target = np.empty((n, 1, p, p, p), np.float32)
-        for b in range(n):
+        picks = []
+        for _ in range(n):
             k = int(self.rng.integers(len(self.centres)))
-            c = self.centres[k][int(self.rng.integers(len(self.centres[k])))]
+            picks.append((k, self.centres[k][int(self.rng.integers(len(self.centres[k])))]))
+        picks = picks[rows]
+        cond = np.empty((len(picks), 1, p, p, p), np.float32)
+        target = np.empty((len(picks), 1, p, p, p), np.float32)
+        for b, (k, c) in enumerate(picks):
             box = tuple(slice(int(x), int(x) + p) for x in c)  # padded coords: centre - half + half
             cond[b, 0] = self.cond[k][box]
             target[b, 0] = self.target[k][box]
@@ -103,7 +124,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def diffusion_loss(
-    model: UNet,
+    model: torch.nn.Module,
     schedule,
     prediction: str,
     target_kind: str,
@@ -134,29 +155,68 @@ def train_stage(
     log_path: str | Path,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    resume_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    world: World | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the U-Net of one cascade stage and write its checkpoint and loss log.
 
     ``config`` is the resolved workflow config (sections ``model``,
-    ``diffusion``, ``train``); it is stored in the checkpoint.
+    ``diffusion``, ``train``); it is stored in the checkpoint. Training
+    resumes from ``resume_path`` (default: ``resume.pt`` beside the
+    checkpoint) when that file belongs to this stage, config and data; it
+    writes that file every ``checkpoint_every`` steps (0: never) and when
+    SIGTERM, SIGUSR1 or SIGINT arrives, then raises ``TrainingInterrupted``
+    (``mrisr.resume``). ``world`` places this process among DDP workers
+    (``mrisr.distributed``); by default training runs in this process alone
+    on ``device``. ``on_step(n)`` is called after the n-th step.
     """
+    with StopSignals() as stop:
+        return _train(train_pairs, val_pairs, config, stage, Path(checkpoint_path), Path(log_path),
+                      world if world is not None else World(device=pick_device(device)), log,
+                      Path(resume_path) if resume_path else default_resume_path(checkpoint_path),
+                      int(checkpoint_every), stop, on_step)
+
+
+def _train(
+    train_pairs: Sequence[StagePair],
+    val_pairs: Sequence[StagePair],
+    config: dict,
+    stage: int,
+    checkpoint_path: Path,
+    log_path: Path,
+    world: World,
+    log: Callable[[str], None],
+    resume_path: Path,
+    checkpoint_every: int,
+    stop: StopSignals,
+    on_step: Callable[[int], None] | None,
+) -> TrainResult:
     dcfg, tcfg = config["diffusion"], config["train"]
     prediction, target_kind = dcfg["prediction"], dcfg["target"]
     parameterization.check(prediction, target_kind)
-    dev = pick_device(device)
+    dev = world.device
     seed = int(tcfg["seed"]) + 1000 * stage
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     schedule = make_schedule(dcfg["schedule"], int(dcfg["num_timesteps"]), float(dcfg["noise_var"]))
     model = unet_from_config(config["model"]).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    net = world.wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=0.0)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"stage {stage}: U-Net with {n_params:,} parameters on {dev}; {len(train_pairs)} train, {len(val_pairs)} val volumes")
+    workers = f" x {world.size} workers" if world.size > 1 else ""
+    log(f"stage {stage}: U-Net with {n_params:,} parameters on {dev}{workers}; "
+        f"{len(train_pairs)} train, {len(val_pairs)} val volumes")
 
     patch, batch = int(tcfg["patch_size"]), int(tcfg["batch_size"])
     if patch % model.divisor:
         raise ValueError(f"train.patch_size {patch} must be divisible by {model.divisor}")
+    if batch < world.size:
+        raise ValueError(f"train.batch_size {batch} is smaller than the {world.size} training workers")
+    rows = world.rows(batch)
+    share = (rows.stop - rows.start) / batch  # this worker's part of the batch mean
     sampler = PatchSampler(train_pairs, patch, rng)
     # A fixed validation batch: same patches, timesteps and noise at every evaluation.
     val_gen = torch.Generator().manual_seed(seed + 1)
@@ -169,59 +229,95 @@ def train_stage(
     steps, warmup = int(tcfg["steps"]), int(tcfg["warmup_steps"])
     val_every, decay = int(tcfg["val_every"]), float(tcfg["ema_decay"])
     noise_gen = torch.Generator().manual_seed(seed + 2)
-    rows: list[tuple] = []
-    running, count, val_loss = 0.0, 0, float("nan")
-    start = time.perf_counter()
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    for step in range(steps):
-        lr = _lr_at(step, float(tcfg["lr"]), warmup, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        cond_np, target_np = sampler.sample(batch)
-        cond, volume = torch.from_numpy(cond_np).to(dev), torch.from_numpy(target_np).to(dev)
-        t = torch.from_numpy(rng.integers(0, schedule.num_timesteps, size=batch)).long().to(dev)
-        noise = torch.randn(cond.shape, generator=noise_gen).to(dev)
-        model.train()
-        with autocast(dev):
-            loss = diffusion_loss(model, schedule, prediction, target_kind, cond, volume, t, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
-        optimizer.step()
-        _ema_update(ema, model, min(decay, (1.0 + step) / (10.0 + step)))
-        running += float(loss.detach())
-        count += 1
-        if (step + 1) % val_every == 0 or step + 1 == steps:
-            with torch.no_grad(), autocast(dev):
-                val_loss = float(
-                    diffusion_loss(
-                        ema, schedule, prediction, target_kind,
-                        val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev),
-                    )
-                )
-            elapsed = time.perf_counter() - start
-            rows.append((step + 1, running / count, val_loss, lr, elapsed))
-            log(f"step {step + 1}/{steps}  train {running / count:.5f}  val {val_loss:.5f}  lr {lr:.2e}  {elapsed:.0f}s")
-            running, count = 0.0, 0
+    log_rows: list[tuple] = []
+    running, count, val_loss, seconds_before, first = 0.0, 0, float("nan"), 0.0, 0
+    identity = {"format": RESUME_FORMAT, "stage": stage, "config": config,
+                "data": data_fingerprint([*train_pairs, *val_pairs])}
+    state = load_resume(resume_path, identity, log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], rng, noise_gen, dev)
+        first = int(state["step"])
+        progress = state["progress"]
+        log_rows = [tuple(r) for r in progress["rows"]]
+        running, count = float(progress["running"]), int(progress["count"])
+        val_loss, seconds_before = float(progress["val_loss"]), float(progress["seconds"])
+        log(f"resumed from step {first} of {steps} ({resume_path})")
 
-    seconds = time.perf_counter() - start
-    save_checkpoint(
-        checkpoint_path,
-        {
-            "format": 1,
+    def payload(done: int, seconds: float) -> dict:
+        return {
+            "format": RESUME_FORMAT,
             "mrisr_version": mrisr.__version__,
             "stage": stage,
-            "step": steps,
+            "step": done,
             "model": model.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "rng": rng_state(rng, noise_gen, dev),
             "config": config,
-            "train_seconds": seconds,
-        },
-    )
-    with atomic_path(log_path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write("\t".join(LOG_COLUMNS) + "\n")
-            for row in rows:
-                fh.write(f"{row[0]}\t{row[1]:.6g}\t{row[2]:.6g}\t{row[3]:.6g}\t{row[4]:.2f}\n")
-    return TrainResult(steps, rows[-1][1], val_loss, seconds)
+            "data": identity["data"],
+            "progress": {"rows": [list(r) for r in log_rows], "running": running, "count": count,
+                         "val_loss": val_loss, "seconds": seconds},
+        }
+
+    start = time.perf_counter()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    for step in range(first, steps):
+        lr = _lr_at(step, float(tcfg["lr"]), warmup, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Every worker draws the whole batch (same streams) and keeps its rows.
+        cond_np, target_np = sampler.sample(batch, rows)
+        cond, volume = torch.from_numpy(cond_np).to(dev), torch.from_numpy(target_np).to(dev)
+        t = torch.from_numpy(rng.integers(0, schedule.num_timesteps, size=batch)[rows]).long().to(dev)
+        noise = torch.randn((batch, *cond.shape[1:]), generator=noise_gen)[rows].to(dev)
+        model.train()
+        with autocast(dev):
+            loss = diffusion_loss(net, schedule, prediction, target_kind, cond, volume, t, noise)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * (share * world.size)).backward()  # DDP averages over workers: the batch mean
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
+        optimizer.step()
+        _ema_update(ema, model, min(decay, (1.0 + step) / (10.0 + step)))
+        done = step + 1
+        if on_step is not None:
+            on_step(done)
+        batch_loss, stops = world.sum([float(loss.detach()) * share, float(stop.requested)])
+        running += batch_loss
+        count += 1
+        if done % val_every == 0 or done == steps:
+            if world.is_main:
+                with torch.no_grad(), autocast(dev):
+                    val_loss = float(
+                        diffusion_loss(
+                            ema, schedule, prediction, target_kind,
+                            val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev),
+                        )
+                    )
+            elapsed = seconds_before + time.perf_counter() - start
+            log_rows.append((done, running / count, val_loss, lr, elapsed))
+            log(f"step {done}/{steps}  train {running / count:.5f}  val {val_loss:.5f}  lr {lr:.2e}  {elapsed:.0f}s")
+            running, count = 0.0, 0
+        if done < steps and (stops > 0 or (checkpoint_every and done % checkpoint_every == 0)):
+            if world.is_main:
+                save_checkpoint(resume_path, payload(done, seconds_before + time.perf_counter() - start))
+            world.barrier()  # no worker leaves before the checkpoint is on disk
+            if stops > 0:
+                raise TrainingInterrupted(done, resume_path, stop.received or "a signal to another worker")
+
+    seconds = seconds_before + time.perf_counter() - start
+    if world.is_main:
+        final = payload(steps, seconds)
+        del final["progress"], final["data"]
+        final["format"], final["train_seconds"] = 1, seconds
+        save_checkpoint(checkpoint_path, final)
+        with atomic_path(log_path) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("\t".join(LOG_COLUMNS) + "\n")
+                for row in log_rows:
+                    fh.write(f"{row[0]}\t{row[1]:.6g}\t{row[2]:.6g}\t{row[3]:.6g}\t{row[4]:.2f}\n")
+        resume_path.unlink(missing_ok=True)
+    world.barrier()
+    return TrainResult(steps, log_rows[-1][1] if log_rows else float("nan"), val_loss, seconds)

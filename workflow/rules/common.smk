@@ -39,9 +39,10 @@ FACTORS = config["cascade"]["factors"]
 FACTOR = total_factor(FACTORS)
 STAGES = [g.stage + 1 for g in stage_grids(FACTORS)]  # 1-based in file names
 # The part of the config a trained model depends on; a change re-runs training.
-MODEL_CONFIG = {
-    key: config[key] for key in ("cascade", "degrade", "diffusion", "model", "train")
-}
+# train.checkpoint_every is left out: resuming is exact, so how often training
+# saves its resume checkpoint does not change the model.
+MODEL_CONFIG = {key: config[key] for key in ("cascade", "degrade", "diffusion", "model")}
+MODEL_CONFIG["train"] = {k: v for k, v in config["train"].items() if k != "checkpoint_every"}
 
 # The SR volume, every stage's output, and the uncertainty map when several
 # samples are drawn.

@@ -34,6 +34,8 @@ rule plot_slices:
 
 
 rule report:
+    # Seconds of work: on a cluster it runs where Snakemake runs, not as a job.
+    localrule: True
     input:
         metrics=rules.collect_metrics.output.tsv,
         splits=rules.split.output.tsv,

@@ -2,6 +2,8 @@
 
 
 rule split:
+    # Seconds of work: on a cluster it runs where Snakemake runs, not as a job.
+    localrule: True
     output:
         tsv="results/splits.tsv",
     params:

@@ -1,4 +1,6 @@
 # train_stage: one job per cascade stage, on train subjects, validated on val.
+# It resumes from results/models/stage{k}/resume.pt when an earlier attempt was
+# stopped (time limit, pre-emption, Ctrl-C); GPU and DDP resources come from the profile.
 
 
 rule train_stage:
@@ -23,6 +25,9 @@ rule train_stage:
         stage=stage_index,
         config=MODEL_CONFIG,
         device=config["device"],
+        # Not an output: Snakemake deletes outputs before a job (re)starts, and
+        # this must survive until a retried or requeued job resumes from it.
+        resume="results/models/stage{stage}/resume.pt",
     log:
         "results/logs/train_stage/stage{stage}.log",
     benchmark:

@@ -1,0 +1,63 @@
+"""The shipped configs: config.yaml plus the GPU-sized config/hcp_gpu.yaml validate and build."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import yaml
+from snakemake.utils import validate
+
+from conftest import REPO
+from mrisr.diffusion.nets import unet_from_config
+
+SCHEMA = REPO / "config" / "config.schema.yaml"
+
+
+def merged(*names: str) -> dict:
+    """Config files merged as Snakemake merges --configfile files: later keys replace earlier ones."""
+    def update(base: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                update(base[key], value)
+            else:
+                base[key] = copy.deepcopy(value)
+
+    config: dict = {}
+    for name in names:
+        update(config, yaml.safe_load((REPO / "config" / name).read_text()))
+    validate(config, str(SCHEMA))
+    return config
+
+
+def test_hcp_gpu_config_sets_only_model_training_and_sampling_keys():
+    keys = set(yaml.safe_load((REPO / "config" / "hcp_gpu.yaml").read_text()))
+    assert keys == {"model", "train", "sampling", "device"}, "data-source keys belong to config/hcp.yaml"
+
+
+def test_hcp_gpu_config_validates_and_its_model_fits_its_patches():
+    config = merged("config.yaml", "hcp_gpu.yaml")
+    assert config["source"] == "demo", "keys hcp_gpu.yaml does not set keep their values"
+    assert config["device"] == "cuda" and config["train"]["checkpoint_every"] == 1000
+    with torch.device("meta"):
+        model = unet_from_config(config["model"])
+    assert 40e6 < sum(p.numel() for p in model.parameters()) < 60e6  # "51 M parameters" in its comment
+    for key in ("train", "sampling"):
+        assert config[key]["patch_size"] % model.divisor == 0
+
+
+@pytest.mark.slow
+def test_hcp_gpu_training_step_costs_what_its_comment_says():
+    """33 TFLOP per step (8 patches of 64^3, forward and backward), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = merged("config.yaml", "hcp_gpu.yaml")
+    batch, patch = config["train"]["batch_size"], config["train"]["patch_size"]
+    with torch.device("meta"):
+        model = unet_from_config(config["model"])
+        x = torch.zeros(batch, 1, patch, patch, patch)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x, x, torch.zeros(batch, dtype=torch.long)).sum().backward()
+    assert round(counter.get_total_flops() / 1e12) == 33
