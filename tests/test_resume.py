@@ -172,6 +172,16 @@ def test_a_resume_checkpoint_of_another_run_is_ignored(tmp_path, pairs, config, 
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == STEPS
 
 
+def test_a_signal_before_training_starts_stops_it_after_the_first_step(tmp_path, pairs, config):
+    """pipeline.train holds the signals from the start (while volumes load) and passes them in."""
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after step 1"):
+            train_stage(pairs[:2], pairs[2:], config, 0, tmp_path / "checkpoint.pt", tmp_path / "log.tsv",
+                        device="cpu", log=lambda m: None, stop=stop)
+    assert torch.load(tmp_path / RESUME_NAME, weights_only=True)["step"] == 1
+
+
 def test_stop_signals_restore_the_previous_handlers():
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     with StopSignals() as stop:

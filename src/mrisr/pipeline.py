@@ -162,6 +162,7 @@ def train(
     ``resume_path`` and checkpoints there (``mrisr.training.train_stage``).
     """
     from mrisr.report import plot_loss_curve
+    from mrisr.resume import StopSignals
     from mrisr.training import train_stage
 
     if world is None and nproc > 1:
@@ -193,15 +194,19 @@ def train(
     first = sorted(s for s, v in assignment.items() if v == "train")[0]
     lr_voxel = voxel_sizes(load_volume(lr_paths[first])[1])
     config = {**config, "data": {"lr_voxel_size_mm": [float(v) for v in lr_voxel]}}
-    result = train_stage(
-        pairs("train"), pairs("val"), config, stage, out_checkpoint, out_log,
-        device=config["device"], log=log.info, resume_path=resume_path,
-        checkpoint_every=checkpoint_every, world=world,
-    )
-    if world is None or world.is_main:
-        plot_loss_curve(out_log, out_plot, title=f"stage {stage + 1}")
-        log.info("stage %d trained: %d steps in %.0f s, val loss %.5f",
-                 stage, result.steps, result.seconds, result.final_val_loss)
+    # Signals are caught from the start: one during loading stops training after
+    # its first step; one after training waits the second the plot takes, so a
+    # trained stage is never lost to a signal that came just too late.
+    with StopSignals() as stop:
+        result = train_stage(
+            pairs("train"), pairs("val"), config, stage, out_checkpoint, out_log,
+            device=config["device"], log=log.info, resume_path=resume_path,
+            checkpoint_every=checkpoint_every, world=world, stop=stop,
+        )
+        if world is None or world.is_main:
+            plot_loss_curve(out_log, out_plot, title=f"stage {stage + 1}")
+            log.info("stage %d trained: %d steps in %.0f s, val loss %.5f",
+                     stage, result.steps, result.seconds, result.final_val_loss)
 
 
 def super_resolve(

@@ -159,6 +159,7 @@ def train_stage(
     checkpoint_every: int = 0,
     world: World | None = None,
     on_step: Callable[[int], None] | None = None,
+    stop: StopSignals | None = None,
 ) -> TrainResult:
     """Train the U-Net of one cascade stage and write its checkpoint and loss log.
 
@@ -168,15 +169,19 @@ def train_stage(
     checkpoint) when that file belongs to this stage, config and data; it
     writes that file every ``checkpoint_every`` steps (0: never) and when
     SIGTERM, SIGUSR1 or SIGINT arrives, then raises ``TrainingInterrupted``
-    (``mrisr.resume``). ``world`` places this process among DDP workers
-    (``mrisr.distributed``); by default training runs in this process alone
-    on ``device``. ``on_step(n)`` is called after the n-th step.
+    (``mrisr.resume``). Signals are caught by ``stop`` if given (a caller
+    that has more to do after training holds it for its whole run), else
+    while this function runs. ``world`` places this process among DDP
+    workers (``mrisr.distributed``); by default training runs in this process
+    alone on ``device``. ``on_step(n)`` is called after the n-th step.
     """
-    with StopSignals() as stop:
-        return _train(train_pairs, val_pairs, config, stage, Path(checkpoint_path), Path(log_path),
-                      world if world is not None else World(device=pick_device(device)), log,
-                      Path(resume_path) if resume_path else default_resume_path(checkpoint_path),
-                      int(checkpoint_every), stop, on_step)
+    args = (train_pairs, val_pairs, config, stage, Path(checkpoint_path), Path(log_path),
+            world if world is not None else World(device=pick_device(device)), log,
+            Path(resume_path) if resume_path else default_resume_path(checkpoint_path), int(checkpoint_every))
+    if stop is not None:
+        return _train(*args, stop, on_step)
+    with StopSignals() as own:
+        return _train(*args, own, on_step)
 
 
 def _train(
