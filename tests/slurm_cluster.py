@@ -18,10 +18,13 @@ Facts this relies on (Debian's Slurm 22.05 with snakemake-executor-plugin-slurm 
 The cluster writes /etc/slurm/slurm.conf and gres.conf only where none exist
 or where an earlier run of these tests wrote them (first line ``MARKER``), and
 removes them when it stops; it stops exactly the daemons it started, by PID.
+Two test sessions on one machine (several checkouts) take turns: a session
+holds ``LOCK`` from start to stop, and the next one waits for it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -34,6 +37,7 @@ SLURM_DIR = Path("/etc/slurm")
 MARKER = "# Written by mrisr's tests (tests/slurm_cluster.py) for a throw-away one-node cluster."
 SBIN = os.pathsep.join(("/usr/sbin", "/sbin", os.environ.get("PATH", "")))
 BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
+LOCK = Path("/tmp/mrisr-slurm-tests.lock")
 GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")  # stand-ins: no GPU exists
 GPUS = len(GPU_FILES)
 CPUS = 32
@@ -106,6 +110,7 @@ class Cluster:
         self.node = socket.gethostname().split(".")[0]
         self.processes: dict[str, subprocess.Popen] = {}
         self.written: list[Path] = []
+        self._lock = None
 
     def _daemon(self, name: str, args: list[str], **kwargs) -> None:
         out = open(self.state / f"{name}.out", "w")
@@ -116,7 +121,20 @@ class Cluster:
         return subprocess.run(f"{which('munge')} -n | {which('unmunge')}", shell=True,
                               capture_output=True).returncode == 0
 
-    def start(self, timeout: float = 90) -> None:
+    def _take_lock(self, timeout: float) -> None:
+        self._lock = open(LOCK, "a")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another test session held {LOCK} for {timeout:.0f} s") from None
+                time.sleep(2)
+
+    def start(self, timeout: float = 90, lock_timeout: float = 1800) -> None:
+        self._take_lock(lock_timeout)
         for sub in ("ctld", "d"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         SLURM_DIR.mkdir(exist_ok=True)
@@ -189,3 +207,6 @@ class Cluster:
         for path in self.written:
             path.unlink(missing_ok=True)
         self.written.clear()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
