@@ -68,7 +68,8 @@ def test_outputs_of_the_slurm_run_are_complete_and_correct(slurm_tiny_run):
     check_tiny_outputs(workdir)
 
 
-def _squeue_job(comment: str) -> str | None:
+def _running_job(comment: str) -> str | None:
+    """The ID of the running job with this comment (the plugin's rule and wildcards)."""
     out = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         job_id, _, job_comment = line.partition(" ")
@@ -86,7 +87,7 @@ def test_stopped_and_requeued_training_jobs_resume_on_two_ddp_workers(slurm_clus
     workdir = tmp_path / "copy"
     shutil.copytree(slurm_tiny_run[0], workdir, symlinks=True)
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    steps = 100
+    steps = 200  # a few seconds of training: time to interrupt both stages
     config["train"].update(steps=steps, val_every=50, checkpoint_every=5, batch_size=4)
     longer = tmp_path / "longer.yaml"
     longer.write_text(yaml.safe_dump(config))
@@ -97,26 +98,27 @@ def test_stopped_and_requeued_training_jobs_resume_on_two_ddp_workers(slurm_clus
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=slurm_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     pending = {1: "scancel", 2: "requeue"}
-    while pending:
-        assert proc.poll() is None, f"{proc.communicate()[0][-6000:]}\n{slurm_cluster.logs()}"
+    requeued: str | None = None  # a requeued job waits 2 minutes before it may start again: not here
+    while pending or requeued:
+        if proc.poll() is not None:
+            raise AssertionError(f"Snakemake ended before stage(s) {sorted(pending)} could be interrupted:\n"
+                                 f"{proc.communicate()[0][-6000:]}")
         assert time.monotonic() - start < 600, "stages not interrupted within 600 s"
         for stage, action in list(pending.items()):
-            job_id = _squeue_job(f"rule_train_stage_wildcards_{stage}")
+            job_id = _running_job(f"rule_train_stage_wildcards_{stage}")
             if job_id is None or not (models / f"stage{stage}" / "resume.pt").exists():
                 continue
             if action == "scancel":  # SIGTERM to every process of the job's steps
                 subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
             else:  # Slurm kills the job (SIGTERM, KillWait, SIGKILL) and queues it again
                 subprocess.run(["scontrol", "requeue", job_id], check=True, env=slurm_env())
-                # A requeued job waits 2 minutes before it may start; do not wait here.
-                deadline = time.monotonic() + 120
-                while "PENDING" not in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
-                                                      text=True).stdout:
-                    assert time.monotonic() < deadline, "requeued job never became pending"
-                    time.sleep(0.5)
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+                requeued = job_id
             del pending[stage]
-        time.sleep(0.2)
+        if requeued and "JobState=PENDING" in subprocess.run(["scontrol", "show", "job", requeued],
+                                                             capture_output=True, text=True).stdout:
+            subprocess.run(["scontrol", "update", f"JobId={requeued}", "StartTime=now"], check=True)
+            requeued = None
+        time.sleep(0.1)
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, f"{output[-6000:]}\n{slurm_cluster.logs()}"
 
