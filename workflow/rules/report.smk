@@ -2,6 +2,8 @@
 
 
 rule plot_slices:
+    # Seconds of work per subject (PNG panels for the report): a local rule on a cluster.
+    localrule: True
     input:
         lr=test_lr,
         spline=rules.baseline.output.spline,
