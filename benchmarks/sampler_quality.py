@@ -47,6 +47,13 @@ VARIANTS = {
     "trunc300_5_dc3": {"start_t": 300, "steps": 5, "data_consistency": 3},
     "ancestral1000": {"method": "ancestral", "steps": 1000},
     "ancestral50": {"method": "ancestral", "steps": 50},
+    # the posterior-mean estimate E[x0 | LR]: the x0 prediction from pure noise
+    "pm1": {"estimate": "posterior_mean", "steps": 1},
+    "pm8flip": {"estimate": "posterior_mean", "steps": 1, "n_samples": 8, "flip_ensemble": True},
+    "pm8flip_dc3": {"estimate": "posterior_mean", "steps": 1, "n_samples": 8, "flip_ensemble": True,
+                    "data_consistency": 3},
+    "ddim10_eta1_n8flip": {"eta": 1.0, "n_samples": 8, "flip_ensemble": True},
+    "pm_ddim10_eta1_n8flip": {"estimate": "posterior_mean", "eta": 1.0, "n_samples": 8, "flip_ensemble": True},
 }
 
 
@@ -63,6 +70,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=0, help="score a central crop of this HR side (0 = whole volume)")
     parser.add_argument("--label", default="", help="free text stored with each row (e.g. the training recipe)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="subjects scored; compare recipes on val, report test once chosen")
     args = parser.parse_args()
 
     res = Path(args.results)
@@ -75,12 +84,12 @@ def main() -> None:
     factors = config["cascade"]["factors"]
     factor = int(np.prod(factors))
     order = int(config["degrade"]["order"])
-    test = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == "test")
+    subjects = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == args.split)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        out.write_text("label\tvariant\tsubject\tcrop\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\n")
-    for subject in test:
+        out.write_text("label\tvariant\tsplit\tsubject\tcrop\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\n")
+    for subject in subjects:
         hr, _ = load_volume(res / "hr" / subject / "T1w_brain.nii.gz")
         mask = load_volume(res / "hr" / subject / "brainmask.nii.gz")[0] > 0
         lr, _ = load_volume(res / "lr" / subject / f"x{factor}.nii.gz")
@@ -99,7 +108,7 @@ def main() -> None:
             psnr, ssim = metrics.psnr_in_mask(hr, sr, mask), metrics.ssim_in_mask(hr, sr, mask)
             steps = min(sampling["steps"], sampling["start_t"] or sampling["steps"])
             nfe = steps * sampling["n_samples"] * len(checkpoints)
-            row = (f"{args.label}\t{name}\t{subject}\t{args.crop}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
+            row = (f"{args.label}\t{name}\t{args.split}\t{subject}\t{args.crop}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
                    f"{sp_ssim:.4f}\t{psnr - sp_psnr:+.3f}\t{nfe}\t{seconds:.1f}")
             with open(out, "a") as fh:
                 fh.write(row + "\n")

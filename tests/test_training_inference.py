@@ -117,6 +117,55 @@ def test_data_consistency_reproduces_the_lr_volume():
     assert after < 0.05 * before
 
 
+def test_flip_augmentation_mirrors_condition_and_target_alike():
+    from mrisr.diffusion.cascade import StagePair
+    from mrisr.inference import FLIPS
+    from mrisr.training import PatchSampler
+
+    # Values that increase in C order: exactly one of the 8 flips restores that order in a patch.
+    cond = np.arange(1, 16 ** 3 + 1, dtype=np.float32).reshape(16, 16, 16)
+    mask = np.zeros(cond.shape, bool)
+    mask[4:12, 4:12, 4:12] = True  # centres whose 8^3 patches lie inside the volume
+    pair = StagePair(cond=cond, target=-cond, mask=mask)
+    c, t = PatchSampler([pair], 8, np.random.default_rng(0), flip=True).sample(64)
+    np.testing.assert_array_equal(t, -c)  # condition and target mirrored alike
+    seen = []
+    for patch in c[:, 0]:
+        ordered = np.sort(patch.ravel()).reshape(patch.shape)
+        seen += [axes for axes in FLIPS if np.array_equal(np.flip(patch, axes), ordered)]
+    assert len(seen) == 64 and set(seen) == set(FLIPS)
+    c, _ = PatchSampler([pair], 8, np.random.default_rng(0)).sample(16)
+    assert all(np.all(np.diff(p.ravel()) > 0) for p in c[:, 0])  # flip off: patches as stored
+
+
+def test_posterior_mean_is_the_first_x0_prediction_and_flips_are_undone(checkpoints, config):
+    """The posterior-mean estimate is the x0 prediction from x_T; flip_ensemble mirrors back."""
+    from mrisr.inference import load_cascade, super_resolve_stage
+
+    stage = load_cascade(checkpoints, torch.device("cpu"))[1]
+    volume, _ = _volumes(9)  # 16^3 -> 32^3: no padding, so mirroring commutes with it
+    base = {**config["sampling"], "patch_size": 32, "eta": 0.0, "method": "ddim", "n_samples": 1}
+
+    def run(volume, seed, **kw):
+        return super_resolve_stage(stage, volume, {**base, **kw}, torch.Generator().manual_seed(seed))
+
+    # With eta = 0 the only noise is x_T, so the first step's x0 of a 3-step run
+    # is a 1-step run's output (DDIM's last step returns x0).
+    three = run(volume, 0, steps=3, n_samples=2, estimate="posterior_mean")
+    one = run(volume, 0, steps=1, n_samples=2)
+    np.testing.assert_allclose(three.mean, one.mean, atol=1e-6)
+    assert not np.allclose(run(volume, 0, steps=3, n_samples=2).mean, three.mean, atol=1e-4)
+    np.testing.assert_allclose(three.sd, run(volume, 0, steps=3, n_samples=2).sd, atol=1e-6)
+    # Sample 2 of a flip ensemble is a sample of the volume mirrored along axis 0, mirrored back.
+    ensemble = run(volume, 0, steps=1, n_samples=2, flip_ensemble=True)
+    gen = torch.Generator().manual_seed(0)
+    first = super_resolve_stage(stage, volume, {**base, "steps": 1}, gen).mean
+    second = super_resolve_stage(stage, np.flip(volume, 0).copy(), {**base, "steps": 1}, gen).mean
+    np.testing.assert_allclose(ensemble.mean, (first + np.flip(second, 0)) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="start_t: null"):
+        run(volume, 0, steps=2, start_t=100, estimate="posterior_mean")
+
+
 def test_checkpoints_out_of_order_are_refused(checkpoints, config):
     lr = np.zeros((4, 4, 4), np.float32)
     with pytest.raises(CheckpointError, match="holds stage 1, expected stage 0"):

@@ -64,13 +64,20 @@ class PatchSampler:
 
     Volumes are zero-padded by half a patch so centres near the edge are valid.
     ``sample(n)`` returns (cond, target), float32 arrays of shape (n, 1, P, P, P).
+    With ``flip``, each patch pair is mirrored along a random subset of the three
+    axes (the same for condition and target): the degradation commutes with
+    mirroring, so this is label-preserving augmentation that also lets
+    inference average over mirrored inputs (``sampling.flip_ensemble``).
     """
 
-    def __init__(self, pairs: Sequence[StagePair], patch_size: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self, pairs: Sequence[StagePair], patch_size: int, rng: np.random.Generator, flip: bool = False,
+    ) -> None:
         if not pairs:
             raise ValueError("no training volumes")
         self.patch_size = patch_size
         self.rng = rng
+        self.flip = flip
         half = patch_size // 2
         pad = [(half, patch_size - half)] * 3
         self.cond = [np.pad(p.cond, pad) for p in pairs]
@@ -90,14 +97,16 @@ class PatchSampler:
         picks = []
         for _ in range(n):
             k = int(self.rng.integers(len(self.centres)))
-            picks.append((k, self.centres[k][int(self.rng.integers(len(self.centres[k])))]))
+            centre = self.centres[k][int(self.rng.integers(len(self.centres[k])))]
+            axes = tuple(np.flatnonzero(self.rng.integers(0, 2, size=3))) if self.flip else ()
+            picks.append((k, centre, axes))
         picks = picks[rows]
         cond = np.empty((len(picks), 1, p, p, p), np.float32)
         target = np.empty((len(picks), 1, p, p, p), np.float32)
-        for b, (k, c) in enumerate(picks):
+        for b, (k, c, axes) in enumerate(picks):
             box = tuple(slice(int(x), int(x) + p) for x in c)  # padded coords: centre - half + half
-            cond[b, 0] = self.cond[k][box]
-            target[b, 0] = self.target[k][box]
+            cond[b, 0] = np.flip(self.cond[k][box], axes)
+            target[b, 0] = np.flip(self.target[k][box], axes)
         return cond, target
 
 
@@ -222,7 +231,7 @@ def _train(
         raise ValueError(f"train.batch_size {batch} is smaller than the {world.size} training workers")
     rows = world.rows(batch)
     share = (rows.stop - rows.start) / batch  # this worker's part of the batch mean
-    sampler = PatchSampler(train_pairs, patch, rng)
+    sampler = PatchSampler(train_pairs, patch, rng, flip=bool(tcfg.get("flip", False)))
     # A fixed validation batch: same patches, timesteps and noise at every evaluation.
     val_gen = torch.Generator().manual_seed(seed + 1)
     val_sampler = PatchSampler(val_pairs, patch, np.random.default_rng(seed + 1))
