@@ -261,6 +261,13 @@ def built_report(tmp_path_factory):
         b.parent.mkdir(parents=True, exist_ok=True)
         b.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.5\t0:00:12\t400.5\t11.0\n")
         benches.append(str(b))
+    calibration = []
+    for k, s in enumerate(subjects):  # 3 bins; errors grow with sd, subject k's errors scale with k + 1
+        c = root / "metrics" / f"{s}_calibration.tsv"
+        c.parent.mkdir(parents=True, exist_ok=True)
+        c.write_text("subject\tbin\tsd\trmse\tmae\tvoxels\n" + "".join(
+            f"{s}\t{b}\t{0.01 * (b + 1)}\t{0.01 * (b + 1) * (k + 1)}\t{0.008 * (b + 1)}\t100\n" for b in range(3)))
+        calibration.append(str(c))
     outputs = {k: str(root / "report" / name) for k, name in [
         ("html", "index.html"), ("metrics_png", "metrics.png"), ("loss_png", "loss.png"),
         ("schedule_png", "schedule.png"), ("summary_tsv", "summary.tsv"), ("cost_tsv", "cost.tsv")]}
@@ -271,7 +278,7 @@ def built_report(tmp_path_factory):
         config, logs, benches, slice_files,
         out_html=outputs["html"], out_metrics_png=outputs["metrics_png"], out_loss_png=outputs["loss_png"],
         out_schedule_png=outputs["schedule_png"], out_summary_tsv=outputs["summary_tsv"],
-        out_cost_tsv=outputs["cost_tsv"], repo_dir=None,
+        out_cost_tsv=outputs["cost_tsv"], repo_dir=None, calibration_files=calibration,
     )
     return root, outputs
 
@@ -307,7 +314,12 @@ def test_report_page_contents(built_report):
         picture = Image.open(io.BytesIO(data))
         picture.load()
         assert picture.size[0] > 0 and mime == f"image/{picture.format.lower()}", img["alt"]
-    assert len(images) == 1 + 3 * 2 + 2, "metrics, 3 x (panels, sweep), loss, schedule"
+    assert len(images) == 1 + 3 * 2 + 1 + 2, "metrics, 3 x (panels, sweep), uncertainty, loss, schedule"
+    # Pooled bins: mean sd 0.01 (b + 1); RMS error sqrt(mean((k + 1)^2)) 0.01 (b + 1) = 0.02739 (b + 1).
+    bins = [[c["text"] for c in row] for row in tables_["uncertainty-bins"]["rows"]]
+    assert bins == [["1", "0.0100", "0.0274", "2.74"], ["2", "0.0200", "0.0548", "2.74"],
+                    ["3", "0.0300", "0.0822", "2.74"]]
+    assert "most uncertain bin is 3.0× that in the least uncertain" in html
     assert "<script" not in html and "http://" not in html and "https://" not in html.replace(
         "https://s3.amazonaws.com", ""), "self-contained: nothing is fetched"
     cost = tables_["cost-train_stage"]["rows"]
@@ -321,3 +333,8 @@ def test_page_number_formatting():
     assert page.num(1.0, 2, signed=True) == '<td data-value="1.0" class="pos">+1.00</td>'
     assert page.fmt(float("inf"), 2) == "∞"
 
+
+
+def test_uncertainty_section_without_samples_says_how_to_get_one():
+    html = page.uncertainty_section(None, None, {"n_samples": 1}, 0)
+    assert "n_samples = 1" in html and "sd.nii.gz" in html and "<img" not in html

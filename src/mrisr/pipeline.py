@@ -325,6 +325,7 @@ def report(
     slice_files: Mapping[str, tuple[str, str]],
     outputs: Mapping[str, str],
     repo_dir: str | None = None,
+    calibration_files: Sequence[str] = (),
 ) -> None:
     """Write the self-contained HTML report and the figures and tables it embeds.
 
@@ -347,6 +348,7 @@ def report(
         out_summary_tsv=outputs["summary_tsv"],
         out_cost_tsv=outputs["cost_tsv"],
         repo_dir=repo_dir,
+        calibration_files=list(calibration_files),
     )
     size = Path(outputs["html"]).stat().st_size
     log.info("report written to %s: %.2f MB in %.1f s", outputs["html"], size / 1e6, sum(timings.values()))

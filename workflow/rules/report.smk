@@ -45,6 +45,7 @@ rule report:
         benchmarks=cost_benchmarks,
         panels=expand(rules.plot_slices.output.panels, subject=TEST_SUBJECTS),
         sweeps=expand(rules.plot_slices.output.sweep, subject=TEST_SUBJECTS),
+        calibration=expand(EVAL_OUTPUTS.get("calibration", []), subject=TEST_SUBJECTS),
     output:
         html=report(
             "results/report/index.html",

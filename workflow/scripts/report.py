@@ -10,6 +10,7 @@ run_stage(
     config=dict(snakemake.params.config),
     train_logs=list(snakemake.input.train_logs),
     benchmark_files=list(snakemake.input.benchmarks),
+    calibration_files=list(snakemake.input.calibration),
     slice_files={
         subject: (panels, sweep)
         for subject, panels, sweep in zip(snakemake.params.subjects, snakemake.input.panels, snakemake.input.sweeps)

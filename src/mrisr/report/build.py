@@ -80,13 +80,16 @@ def build_report(
     out_summary_tsv: str,
     out_cost_tsv: str,
     repo_dir: str | None = None,
+    calibration_files: Sequence[str] = (),
 ) -> dict[str, float]:
     """Write ``index.html`` and the figures/tables it embeds; return seconds spent per part.
 
     ``metrics_rows`` are ``pipeline.read_metrics`` rows; ``train_logs`` one
     ``train_log.tsv`` per cascade stage, in stage order; ``benchmark_files``
     Snakemake benchmark TSVs at ``.../benchmarks/<rule>/<job>.tsv``;
-    ``slice_files`` {subject: (panels PNG, sweep GIF)} from ``slice_figures``.
+    ``slice_files`` {subject: (panels PNG, sweep GIF)} from ``slice_figures``;
+    ``calibration_files`` the test subjects' ``{subject}_calibration.tsv`` when
+    several samples were drawn.
     """
     timings: dict[str, float] = {}
     if not metrics_rows:
@@ -110,6 +113,11 @@ def build_report(
         schedule_png = figures.noise_schedule_figure(curves)
         figures.write_bytes(out_schedule_png, schedule_png)
         signal_loss = {name: figures.first_t_below(c["alphas_cumprod"], 1e-3) for name, c in curves["curves"].items()}
+    with timed("uncertainty", timings):
+        calibration = {Path(p).name.removesuffix("_calibration.tsv"): tables.read_calibration(p)
+                       for p in calibration_files}
+        pooled = tables.pooled_calibration(calibration) if calibration else None
+        uncertainty_png = figures.uncertainty_figure(calibration, pooled) if pooled else None
     with timed("slices", timings):
         subjects_tested = sorted({r["subject"] for r in metrics_rows})
         chosen = showcase(metrics_rows, [s for s in subjects_tested if s in slice_files])
@@ -128,6 +136,8 @@ def build_report(
             ("metrics", "Metrics", page.metrics_section(
                 metrics_rows, summaries, gains, tables.data_ranges(metrics_rows), metrics_png)),
             ("slices", "Slices", page.slices_section(shown, len(subjects_tested))),
+            ("uncertainty", "Uncertainty", page.uncertainty_section(
+                pooled, uncertainty_png, config["sampling"], len(calibration))),
             ("training", "Training", page.training_section(train, loss_png)),
             ("schedule", "Noise schedule", page.schedule_section(
                 config["diffusion"], config["sampling"], schedule_png, signal_loss)),

@@ -1,4 +1,4 @@
-"""The report's plots (matplotlib, Agg): metric distributions, loss curves, the noise schedule.
+"""The report's plots (matplotlib, Agg): metric distributions, loss curves, uncertainty, the noise schedule.
 
 Each ``*_figure`` function returns PNG bytes; the caller writes them to a
 file (for ``snakemake --report``) and embeds them in ``index.html``.
@@ -121,6 +121,28 @@ def loss_figure(logs: Sequence[Mapping[str, Sequence[float]]]) -> bytes:
     fig, axes = plt.subplots(1, len(logs), figsize=(4.6 * len(logs), 3.2), squeeze=False)
     for k, (ax, log) in enumerate(zip(axes[0], logs)):
         draw_loss(ax, log, f"stage {k + 1}")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+# -- uncertainty ---------------------------------------------------------------------
+
+def uncertainty_figure(per_subject: Mapping[str, Mapping[str, Sequence[float]]], pooled: Mapping[str, Sequence[float]]) -> bytes:
+    """Binned RMS error of SR against the predicted sd, one line per test subject and pooled.
+
+    Bins hold equal numbers of brain voxels sorted by predicted sd. On the
+    dashed diagonal the error is as large as the sd predicts; above it the
+    samples are over-confident, below it under-confident.
+    """
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for subject, t in sorted(per_subject.items()):
+        ax.plot(t["sd"], t["rmse"], "-", color="#9fb7d0", lw=1, alpha=0.8)
+    ax.plot(pooled["sd"], pooled["rmse"], "o-", color="#1f77b4", ms=4, label=f"pooled ({len(per_subject)} subjects)")
+    top = max(max(pooled["sd"]), max(pooled["rmse"]), *(max(t["rmse"]) for t in per_subject.values())) * 1.05
+    ax.plot([0, top], [0, top], "--", color="#7f7f7f", lw=1, label="error = predicted sd")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted sd (mean in bin)", ylabel="RMS error of SR in bin")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return to_png(fig)
 

@@ -194,6 +194,36 @@ def training_section(summaries: Sequence[TrainingSummary], loss_png: bytes) -> s
     ])
 
 
+def uncertainty_section(
+    pooled: Mapping[str, Sequence[float]] | None, png: bytes | None, sampling: Mapping, n_subjects: int
+) -> str:
+    head = '<h2 id="uncertainty">Uncertainty</h2>'
+    n = int(sampling.get("n_samples", 1))
+    if pooled is None or png is None:
+        return head + (f"<p>One sample per subject (sampling.n_samples = {n}): no uncertainty map. With "
+                       "n_samples &gt; 1 every test subject gets <code>sr/{subject}/sd.nii.gz</code>, the "
+                       "per-voxel standard deviation of its samples, and this section shows how the error "
+                       "of SR follows it.</p>")
+    estimate = sampling.get("estimate", "sample_mean")
+    what = ("the posterior-mean estimate (x0 prediction from pure noise)" if estimate == "posterior_mean"
+            else f"the mean of the {n} samples")
+    ratio = pooled["rmse"][-1] / pooled["rmse"][0] if pooled["rmse"][0] > 0 else float("nan")
+    rows = [[f"{k + 1}", num(sd, 4), num(err, 4), num(err / sd if sd > 0 else None, 2)]
+            for k, (sd, err) in enumerate(zip(pooled["sd"], pooled["rmse"]))]
+    return "".join([
+        head,
+        f"<p>Per voxel, the standard deviation of {n} samples (<code>sd.nii.gz</code>) against the error of SR, "
+        f"{esc(what)}, inside the brain mask of {n_subjects} test subject{'s' if n_subjects != 1 else ''}. "
+        f"Voxels are sorted by predicted sd into bins of equal count. The error in the most uncertain bin is "
+        f"{fmt(ratio, 1)}× that in the least uncertain one. On the diagonal, errors are as large as the sd "
+        "predicts: points above it are over-confident; the mean of N samples has an expected squared error of "
+        "(1 + 1/N) times the posterior variance, so a calibrated model sits slightly above it.</p>",
+        figure(data_uri(png, "image/png"), "binned error against predicted sd",
+               "RMS error of SR against the mean predicted sd per bin; thin lines are single subjects."),
+        table(["bin", "mean predicted sd", "RMS error", "error / sd"], rows, "uncertainty-bins"),
+    ])
+
+
 def schedule_section(
     diffusion: Mapping, sampling: Mapping, schedule_png: bytes, signal_loss: Mapping[str, int | None]
 ) -> str:

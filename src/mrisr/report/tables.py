@@ -181,3 +181,26 @@ def write_tsv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[o
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
+
+
+# -- uncertainty -------------------------------------------------------------------
+
+def read_calibration(path: str | Path) -> dict[str, list[float]]:
+    """A ``{subject}_calibration.tsv`` (``pipeline.evaluate``) as {column: values}, bins in order of sd."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    needed = {"sd", "rmse", "voxels"}
+    if not rows or not needed <= set(rows[0]):
+        raise ValueError(f"{path}: not a calibration table (needs columns {', '.join(sorted(needed))})")
+    return {key: [float(r[key]) for r in rows] for key in ("sd", "rmse", "mae", "voxels") if key in rows[0]}
+
+
+def pooled_calibration(tables_: Mapping[str, Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Bin k of every subject pooled: voxel-weighted mean sd and root of the pooled mean squared error."""
+    n_bins = min(len(t["sd"]) for t in tables_.values())
+    out: dict[str, list[float]] = {"sd": [], "rmse": []}
+    for k in range(n_bins):
+        w = [t["voxels"][k] for t in tables_.values()]
+        out["sd"].append(sum(t["sd"][k] * n for t, n in zip(tables_.values(), w)) / sum(w))
+        out["rmse"].append(math.sqrt(sum(t["rmse"][k] ** 2 * n for t, n in zip(tables_.values(), w)) / sum(w)))
+    return out
