@@ -196,3 +196,26 @@ def test_triplanar_variant_trains_and_samples(tmp_path, config):
     assert type(stage.model).__name__ == "TriPlanarUNet"
     out = super_resolve(downsample(_volumes(3)[0], 2), [ckpt], cfg["sampling"], device="cpu", log=lambda m: None)
     assert out[-1].mean.shape == (16, 16, 16)
+
+
+def test_residual_scale_round_trips_and_scales_the_loss_by_its_square(config):
+    from mrisr.diffusion import parameterization
+    from mrisr.diffusion.nets import unet_from_config
+    from mrisr.diffusion.schedule import make_schedule
+    from mrisr.training import diffusion_loss
+
+    gen = torch.Generator().manual_seed(0)
+    hr, cond = torch.rand(2, 1, 1, 8, 8, 8, generator=gen)
+    x0 = parameterization.to_diffusion_space("residual", hr, cond, 10.0)
+    torch.testing.assert_close(x0, 10.0 * (hr - cond))
+    torch.testing.assert_close(parameterization.from_diffusion_space("residual", x0, cond, 10.0), hr)
+    assert parameterization.x0_range("residual", 10.0) == (-10.0, 10.0)
+    assert parameterization.residual_scale({"target": "image", "residual_scale": 10.0}) == 1.0
+    # A fresh network outputs exactly 0 (zero-initialised output layer), so the x0 loss is mean(x0^2).
+    model = unet_from_config(config["model"])
+    schedule = make_schedule("cosine", 1000, 0.3)
+    t, noise = torch.tensor([500]), torch.randn(1, 1, 8, 8, 8, generator=gen)
+    with torch.no_grad():
+        losses = [float(diffusion_loss(model, schedule, "x0", "residual", cond, hr, t, noise, s)) for s in (1.0, 10.0)]
+    assert losses[0] == pytest.approx(float(((hr - cond) ** 2).mean()), rel=1e-5)
+    assert losses[1] == pytest.approx(100.0 * losses[0], rel=1e-5)

@@ -149,7 +149,8 @@ def super_resolve_stage(
     padded, crop = _pad_to(cond_np, min(patch, max(cond_np.shape)), stage.model.divisor)
     schedule = sampling_schedule(stage.config, sampling)
     truncated = sampling.get("start_t") is not None
-    lo, hi = parameterization.x0_range(target_kind)
+    scale = parameterization.residual_scale(d)
+    lo, hi = parameterization.x0_range(target_kind, scale)
     n_samples = int(sampling.get("n_samples", 1))
     flips = FLIPS if sampling.get("flip_ensemble", False) else ((),)
 
@@ -179,12 +180,12 @@ def super_resolve_stage(
             return x0
 
         def to_image(x0: torch.Tensor) -> np.ndarray:
-            out = parameterization.from_diffusion_space(target_kind, x0, cond)
+            out = parameterization.from_diffusion_space(target_kind, x0, cond, scale)
             return np.clip(np.flip(out[0, 0].float().cpu().numpy(), axes)[crop], 0.0, 1.0)
 
         x_start = None
         if truncated:  # start from the condition itself: x0 = 0 residual, or the spline image
-            x0_init = parameterization.to_diffusion_space(target_kind, cond, cond)
+            x0_init = parameterization.to_diffusion_space(target_kind, cond, cond, scale)
             x_start = start_from(schedule, x0_init, generator)
         x0 = sample(
             denoise, schedule, cond.shape, method=sampling["method"], eta=float(sampling["eta"]),

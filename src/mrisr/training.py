@@ -141,9 +141,14 @@ def diffusion_loss(
     volume: torch.Tensor,
     t: torch.Tensor,
     unit_noise: torch.Tensor,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """DDPM simple loss (eq. 14) for a batch: mean squared error of the chosen target."""
-    x0 = parameterization.to_diffusion_space(target_kind, volume, cond)
+    """DDPM simple loss (eq. 14) for a batch: mean squared error of the chosen target.
+
+    In diffusion space: with a residual scale s the loss is s^2 times that of
+    the unscaled residual.
+    """
+    x0 = parameterization.to_diffusion_space(target_kind, volume, cond, scale)
     xt = q_sample(schedule, x0, t, unit_noise)
     y = parameterization.regression_target(prediction, schedule, x0, t, unit_noise)
     return F.mse_loss(model(xt, cond, t).float(), y)
@@ -210,6 +215,7 @@ def _train(
     dcfg, tcfg = config["diffusion"], config["train"]
     prediction, target_kind = dcfg["prediction"], dcfg["target"]
     parameterization.check(prediction, target_kind)
+    scale = parameterization.residual_scale(dcfg)
     dev = world.device
     seed = int(tcfg["seed"]) + 1000 * stage
     torch.manual_seed(seed)
@@ -289,7 +295,7 @@ def _train(
         noise = torch.randn((batch, *cond.shape[1:]), generator=noise_gen)[rows].to(dev)
         model.train()
         with autocast(dev):
-            loss = diffusion_loss(net, schedule, prediction, target_kind, cond, volume, t, noise)
+            loss = diffusion_loss(net, schedule, prediction, target_kind, cond, volume, t, noise, scale)
         optimizer.zero_grad(set_to_none=True)
         (loss * (share * world.size)).backward()  # DDP averages over workers: the batch mean
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
@@ -307,7 +313,7 @@ def _train(
                     val_loss = float(
                         diffusion_loss(
                             ema, schedule, prediction, target_kind,
-                            val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev),
+                            val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev), scale,
                         )
                     )
             elapsed = seconds_before + time.perf_counter() - start

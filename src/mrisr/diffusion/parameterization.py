@@ -5,6 +5,14 @@ SR3-style x0; Salimans & Ho 2022 v). ``target`` names the variable x_0 that
 is diffused: the HR ``image`` itself, or the ``residual`` HR minus the
 spline-upsampled condition (as in ResShift/ResDiff), which is small and
 zero-mean so the network only has to add what the spline misses.
+
+The residual is multiplied by ``scale`` (``diffusion.residual_scale``): HR
+minus spline has a standard deviation of a few per cent of the intensity
+range, far below the noise's sqrt(noise_var) = 0.55, so unscaled nearly the
+whole schedule is noise-dominated and the network's outputs are tiny next to
+the step size of Adam. Scaling it to the noise's size is the unit-variance
+scaling of latent diffusion (Rombach et al. 2022, sec. 3.3 / appendix G)
+applied to the residual.
 """
 
 from __future__ import annotations
@@ -29,19 +37,24 @@ def check(prediction: str, target: str) -> None:
         raise ValueError(f"unknown target {target!r}; allowed: {', '.join(TARGETS)}")
 
 
-def to_diffusion_space(target: str, volume: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """x_0 for a ground-truth volume: the volume, or its residual over the condition."""
-    return volume - cond if target == "residual" else volume
+def to_diffusion_space(target: str, volume: torch.Tensor, cond: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """x_0 for a ground-truth volume: the volume, or ``scale`` times its residual over the condition."""
+    return scale * (volume - cond) if target == "residual" else volume
 
 
-def from_diffusion_space(target: str, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def from_diffusion_space(target: str, x0: torch.Tensor, cond: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """The volume an x_0 stands for (inverse of ``to_diffusion_space``)."""
-    return cond + x0 if target == "residual" else x0
+    return cond + x0 / scale if target == "residual" else x0
 
 
-def x0_range(target: str) -> tuple[float, float]:
+def x0_range(target: str, scale: float = 1.0) -> tuple[float, float]:
     """Where x_0 can lie for volumes normalised to [0, 1]; sampled x0_hat is clipped to it."""
-    return (-1.0, 1.0) if target == "residual" else (0.0, 1.0)
+    return (-scale, scale) if target == "residual" else (0.0, 1.0)
+
+
+def residual_scale(diffusion: dict) -> float:
+    """The configured residual scale (1 where the config predates it or diffuses the image)."""
+    return float(diffusion.get("residual_scale", 1.0)) if diffusion.get("target") == "residual" else 1.0
 
 
 def regression_target(
