@@ -76,6 +76,31 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_compared_model_is_trained_scored_and_reported_without_touching_the_main_one(tiny_run, tmp_path):
+    """compare: {triplanar2d: ...} added to a finished run trains and scores only the new model."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    config = yaml.safe_load(TINY_CONFIG.read_text()) | yaml.safe_load((REPO / "config" / "compare_triplanar2d.yaml").read_text())
+    both = tmp_path / "compare.yaml"
+    both.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(workdir, config=both)
+    assert job_counts(proc.stdout + proc.stderr) == {
+        "train_compare": 2, "super_resolve_compare": 1, "evaluate": 1, "collect_metrics": 1, "report": 1, "all": 1}
+    with open(workdir / "results" / "metrics.tsv", newline="") as fh:
+        methods = {(r["subject"], r["method"]) for r in csv.DictReader(fh, delimiter="\t")}
+    subject = next(s for s, m in methods if m == "sr")
+    assert methods == {(subject, m) for m in ("spline", "sr", "sr_triplanar2d")}
+    ckpt = torch.load(workdir / "results" / "compare" / "triplanar2d" / "models" / "stage1" / "checkpoint.pt",
+                      weights_only=True)
+    assert ckpt["config"]["model"]["variant"] == "triplanar2d"
+    html = (workdir / "results" / "report" / "index.html").read_text()
+    assert 'id="models-compared"' in html and "triplanar2d" in html
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config | {"compare": {"x": {"model": {"variantt": "triplanar2d"}}}}))
+    proc = run_snakemake(workdir, "-n", config=bad, check=False)
+    assert proc.returncode != 0 and "compare.x.model.variantt: no such model setting" in proc.stdout + proc.stderr
+
+
 def test_same_config_and_seed_reproduce_splits_lr_volumes_and_metrics(tiny_run, tmp_path):
     run_snakemake(tmp_path)
     a, b = tiny_run / "results", tmp_path / "results"

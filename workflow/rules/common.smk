@@ -1,12 +1,14 @@
 # Helpers shared by all stages: the subject list, the split, the cascade.
 # The workflow imports its core package from this checkout's src/, so the
 # rules and the scripts always run the code they were written against.
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
+from mrisr.compare import compare_configs
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
 
@@ -41,8 +43,20 @@ STAGES = [g.stage + 1 for g in stage_grids(FACTORS)]  # 1-based in file names
 # The part of the config a trained model depends on; a change re-runs training.
 # train.checkpoint_every is left out: resuming is exact, so how often training
 # saves its resume checkpoint does not change the model.
+def canonical(value):
+    """``value`` with dict keys sorted at every level. Snakemake compares a rule's
+    params as written, so the same settings in another key order (another config
+    file) would otherwise re-run the rule."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
 MODEL_CONFIG = {key: config[key] for key in ("cascade", "degrade", "diffusion", "model")}
 MODEL_CONFIG["train"] = {k: v for k, v in config["train"].items() if k != "checkpoint_every"}
+MODEL_CONFIG = canonical(MODEL_CONFIG)
+SAMPLING = canonical(config["sampling"])
+# Models compared with the main one (config key compare): its model config with
+# the comparison's model/train keys overridden.
+COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
 
 # The SR volume, every stage's output, and the uncertainty map when several
 # samples are drawn.
@@ -62,6 +76,7 @@ if config["sampling"]["n_samples"] > 1:
 # (docs/benchmarks.md, "DAG scale").
 wildcard_constraints:
     subject=subject_id_pattern(config),
+    name=r"[a-z0-9][a-z0-9_]*",
     stage=r"\d+",
     factor=r"\d+",
 
@@ -117,6 +132,16 @@ def all_train_logs(wildcards):
     return expand(rules.train_stage.output.log_tsv, stage=STAGES)
 
 
+def compare_checkpoints(wildcards):
+    return expand(rules.train_compare.output.checkpoint, name=wildcards.name, stage=STAGES)
+
+
+def compare_sr(wildcards):
+    """The compared models' SR volumes of a subject, by input name compare_{name}."""
+    return {f"compare_{name}": rules.super_resolve_compare.output.sr.format(name=name, subject=wildcards.subject)
+            for name in COMPARE}
+
+
 def test_lr(wildcards):
     return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
 
@@ -134,4 +159,6 @@ def cost_benchmarks(wildcards):
         expand(rules.train_stage.benchmark, stage=STAGES)
         + expand(rules.super_resolve.benchmark, subject=TEST_SUBJECTS)
         + expand(rules.evaluate.benchmark, subject=TEST_SUBJECTS)
+        + expand(rules.train_compare.benchmark, name=COMPARE, stage=STAGES)
+        + expand(rules.super_resolve_compare.benchmark, name=COMPARE, subject=TEST_SUBJECTS)
     )

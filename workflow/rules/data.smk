@@ -10,7 +10,7 @@ rule fetch:
         **source_mask_output(),
     params:
         source=config["source"],
-        data=data_identity(config),
+        data=canonical(data_identity(config)),
     log:
         "results/logs/fetch/{subject}.log",
     conda:

@@ -8,7 +8,7 @@ rule super_resolve:
     output:
         **SR_OUTPUTS,
     params:
-        sampling=config["sampling"],
+        sampling=SAMPLING,
         device=config["device"],
     log:
         "results/logs/super_resolve/{subject}.log",
@@ -36,3 +36,27 @@ rule baseline:
         "../../envs/mrisr.yaml"
     script:
         "../scripts/baseline.py"
+
+
+# Cascaded SR of a test subject with a compared model (config key compare),
+# sampled exactly as the main model is.
+rule super_resolve_compare:
+    input:
+        lr=test_lr,
+        checkpoints=compare_checkpoints,
+    output:
+        sr="results/compare/{name}/sr/{subject}/sr.nii.gz",
+        stages=expand("results/compare/{{name}}/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
+    params:
+        sampling=SAMPLING,
+        device=config["device"],
+    log:
+        "results/logs/super_resolve_compare/{name}_{subject}.log",
+    benchmark:
+        "results/benchmarks/super_resolve_compare/{name}_{subject}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/super_resolve.py"

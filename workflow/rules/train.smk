@@ -38,3 +38,30 @@ rule train_stage:
         "../../envs/mrisr.yaml"
     script:
         "../scripts/train_stage.py"
+
+
+# A model compared with the main one (config key compare): the same data and
+# script, its own model/train settings, its files under results/compare/{name}/.
+rule train_compare:
+    input:
+        unpack(training_volumes),
+        splits=rules.split.output.tsv,
+    output:
+        checkpoint="results/compare/{name}/models/stage{stage}/checkpoint.pt",
+        log_tsv="results/compare/{name}/models/stage{stage}/train_log.tsv",
+        plot="results/compare/{name}/models/stage{stage}/loss.png",
+    params:
+        stage=stage_index,
+        config=lambda wildcards: COMPARE[wildcards.name],
+        device=config["device"],
+        resume="results/compare/{name}/models/stage{stage}/resume.pt",
+    log:
+        "results/logs/train_compare/{name}_stage{stage}.log",
+    benchmark:
+        "results/benchmarks/train_compare/{name}_stage{stage}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/train_stage.py"

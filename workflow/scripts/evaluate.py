@@ -6,7 +6,11 @@ run_stage(
     subject=snakemake.wildcards.subject,
     hr_path=snakemake.input.hr,
     mask_path=snakemake.input.mask,
-    methods={"spline": snakemake.input.spline, "sr": snakemake.input.sr},
+    # The main model's SR, the spline baseline, and each compared model's SR as sr_{name}.
+    methods={"spline": snakemake.input.spline, "sr": snakemake.input.sr} | {
+        f"sr_{key.removeprefix('compare_')}": path
+        for key, path in snakemake.input.items() if key.startswith("compare_")
+    },
     out_path=snakemake.output.tsv,
     sd_path=snakemake.input.get("sd"),
     out_calibration=snakemake.output.get("calibration"),

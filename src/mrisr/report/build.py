@@ -66,6 +66,30 @@ def showcase(rows: Sequence[Mapping], available: Sequence[str], k: int = SHOWCAS
     return [(s, f"({which} {describe(g)})") for which, (g, s) in picks]
 
 
+def model_rows(config: Mapping, costs: Sequence[tables.Cost]) -> list[dict]:
+    """One row per SR method for the models section: the main model (sr) and each compared one (sr_{name})."""
+    from mrisr.compare import compare_configs
+    from mrisr.diffusion.nets import unet_from_config
+
+    main = {key: config[key] for key in ("cascade", "degrade", "diffusion", "model", "train")}
+    models = {"sr": (main, "train_stage", "super_resolve", "")}
+    for name, cfg in compare_configs(main, config.get("compare") or {}).items():
+        models[f"sr_{name}"] = (cfg, "train_compare", "super_resolve_compare", f"{name}_")
+    rows = []
+    for method, (cfg, train_rule, sr_rule, prefix) in models.items():
+        train = [c for c in costs if c.rule == train_rule and c.job.startswith(prefix + "stage")]
+        sr = [c for c in costs if c.rule == sr_rule and c.job.startswith(prefix)]
+        rows.append({
+            "method": method,
+            "variant": str(cfg["model"].get("variant", "unet3d")),
+            "parameters": sum(p.numel() for p in unet_from_config(cfg["model"]).parameters()),
+            "train_seconds": sum(c.seconds for c in train) if train else float("nan"),
+            "train_steps": int(cfg["train"]["steps"]) * len(train),
+            "sr_seconds": sum(c.seconds for c in sr) / len(sr) if sr else float("nan"),
+        })
+    return rows
+
+
 def build_report(
     metrics_rows: Sequence[Mapping],
     splits: Mapping[str, str],
@@ -135,6 +159,8 @@ def build_report(
         sections = [
             ("metrics", "Metrics", page.metrics_section(
                 metrics_rows, summaries, gains, tables.data_ranges(metrics_rows), metrics_png)),
+            *([("models", "Models compared", page.models_section(model_rows(config, costs), summaries))]
+              if config.get("compare") else []),
             ("slices", "Slices", page.slices_section(shown, len(subjects_tested))),
             ("uncertainty", "Uncertainty", page.uncertainty_section(
                 pooled, uncertainty_png, config["sampling"], len(calibration))),

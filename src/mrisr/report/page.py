@@ -194,6 +194,34 @@ def training_section(summaries: Sequence[TrainingSummary], loss_png: bytes) -> s
     ])
 
 
+def models_section(models: Sequence[Mapping], summaries: Sequence[MethodSummary]) -> str:
+    """The main model against the compared ones (config key ``compare``): cost and quality side by side.
+
+    ``models``: one mapping per SR method with method, variant, parameters,
+    train_seconds, train_steps (summed over stages), sr_seconds (mean per test subject).
+    """
+    by_method = {s.method: s for s in summaries}
+    rows = []
+    for m in models:
+        s = by_method.get(m["method"])
+        steps = m["train_steps"]
+        rows.append([
+            m["method"], f'<td class="text">{esc(m["variant"])}</td>', num(m["parameters"], 0),
+            f'<td data-value="{m["train_seconds"]!r}">{hms(m["train_seconds"])}</td>',
+            num(m["train_seconds"] / steps if steps else None, 3), num(m["sr_seconds"], 1),
+            num(s.psnr.mean if s else None, 2), num(s.gain.mean if s and s.gain else None, 2, signed=True),
+            num(s.ssim.mean if s else None, 4),
+        ])
+    return "".join([
+        '<h2 id="models">Models compared</h2>',
+        "<p>The main model (<code>sr</code>) and the models of the <code>compare</code> config key, trained on "
+        "the same subjects and sampled the same way. Training time is the wall time of all cascade stages "
+        "(Snakemake benchmark files), SR time the mean over test subjects; quality as in the metrics table.</p>",
+        table(["method", "model", "parameters", "training", "s / step", "SR per subject (s)", "PSNR mean (dB)",
+               f"gain over {BASELINE} (dB)", "SSIM mean"], rows, "models-compared", text_cols=2),
+    ])
+
+
 def uncertainty_section(
     pooled: Mapping[str, Sequence[float]] | None, png: bytes | None, sampling: Mapping, n_subjects: int
 ) -> str:

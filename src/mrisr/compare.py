@@ -1,0 +1,28 @@
+"""Models compared with the main one (the ``compare`` config key)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+
+def compare_configs(model_config: Mapping, compare: Mapping[str, Mapping]) -> dict[str, dict]:
+    """{name: the main model config with the comparison's ``model``/``train`` keys overridden}.
+
+    ``model_config`` is the part of the config a trained model depends on
+    (cascade, degrade, diffusion, model, train). A key the main config does
+    not have is refused with its full name, so a typo cannot silently compare
+    the main model with itself.
+    """
+    out = {}
+    for name, overrides in compare.items():
+        merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in model_config.items()}
+        for section in ("model", "train"):
+            for key, value in (overrides.get(section) or {}).items():
+                if key not in model_config[section]:
+                    known = ", ".join(sorted(model_config[section]))
+                    raise ValueError(f"compare.{name}.{section}.{key}: no such {section} setting (known: {known})")
+                merged[section][key] = value
+        if merged == dict(model_config):
+            raise ValueError(f"compare.{name}: overrides nothing, so it would be the main model again")
+        out[name] = merged
+    return out
