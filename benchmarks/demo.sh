@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wall time of the README's demo command on a fresh clone, and its metrics.
 # Writes benchmarks/results/demo.tsv (seconds) and demo_metrics.tsv.
-#   bash benchmarks/demo.sh
+#   bash benchmarks/demo.sh [DIR]     # DIR: keep the run's results/ there
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
@@ -22,4 +22,5 @@ cp results/metrics.tsv "$root/benchmarks/results/demo_metrics.tsv"
 for f in results/benchmarks/*/*.tsv; do
   printf '%s\t%s\n' "${f#results/benchmarks/}" "$(tail -n 1 "$f" | cut -f1)"
 done > "$root/benchmarks/results/demo_rule_seconds.tsv"
+if [ -n "${1:-}" ]; then rm -rf "$1" && cp -a results "$1"; fi
 cat "$root/benchmarks/results/demo.tsv" "$root/benchmarks/results/demo_metrics.tsv"
