@@ -47,6 +47,12 @@ VARIANTS = {
     "trunc300_5_dc3": {"start_t": 300, "steps": 5, "data_consistency": 3},
     "ancestral1000": {"method": "ancestral", "steps": 1000},
     "ancestral50": {"method": "ancestral", "steps": 50},
+    # single posterior samples with few steps (eta = 1: the posterior's noise at every step)
+    "ddim50_eta1": {"steps": 50, "eta": 1.0},
+    "ddim20_eta1": {"steps": 20, "eta": 1.0},
+    "ddim10_eta1": {"steps": 10, "eta": 1.0},
+    # the demo's sampling: posterior mean over 4 mirrorings, 4 samples for the sd map
+    "demo": {"estimate": "posterior_mean", "steps": 5, "eta": 1.0, "n_samples": 4, "flip_ensemble": True},
     # the posterior-mean estimate E[x0 | LR]: the x0 prediction from pure noise
     "pm1": {"estimate": "posterior_mean", "steps": 1},
     "pm8flip": {"estimate": "posterior_mean", "steps": 1, "n_samples": 8, "flip_ensemble": True},
