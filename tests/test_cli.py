@@ -122,6 +122,12 @@ def test_truncated_gzip_is_a_clear_error(checkpoint, unseen_scan, tmp_path, caps
     assert code == 2 and "cut.nii.gz: cannot read as NIfTI" in err
 
 
+def test_truncated_start_needs_the_sample_mean(checkpoint, unseen_scan, tmp_path, capsys):
+    out = tmp_path / "sr.nii.gz"
+    code, err = _run(capsys, unseen_scan, "-o", out, "--model", checkpoint, "--start-t", "100")
+    assert code == 2 and "--start-t needs --estimate sample_mean" in err and not out.exists()
+
+
 def test_corrupt_checkpoint_is_a_clear_error(unseen_scan, tmp_path, capsys, checkpoint):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(checkpoint.read_bytes()[:4096])

@@ -162,6 +162,9 @@ def test_posterior_mean_is_the_first_x0_prediction_and_flips_are_undone(checkpoi
     first = super_resolve_stage(stage, volume, {**base, "steps": 1}, gen).mean
     second = super_resolve_stage(stage, np.flip(volume, 0).copy(), {**base, "steps": 1}, gen).mean
     np.testing.assert_allclose(ensemble.mean, (first + np.flip(second, 0)) / 2, atol=1e-6)
+    # One sample: only the first step matters, and it is all that runs.
+    np.testing.assert_array_equal(run(volume, 3, steps=1, estimate="posterior_mean").mean,
+                                  run(volume, 3, steps=4, eta=1.0, estimate="posterior_mean").mean)
     with pytest.raises(ValueError, match="start_t: null"):
         run(volume, 0, steps=2, start_t=100, estimate="posterior_mean")
 

@@ -51,6 +51,8 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
 
     if args.sd and args.n_samples < 2:
         raise InputError("--sd needs --n-samples of 2 or more")
+    if args.start_t is not None and args.estimate == "posterior_mean":
+        raise InputError("--start-t needs --estimate sample_mean (the posterior mean is predicted from pure noise)")
     for path in (args.output, args.sd):
         if path and not str(path).endswith((".nii", ".nii.gz")):
             raise InputError(f"{path}: output names must end in .nii or .nii.gz")
@@ -79,6 +81,7 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
         "method": args.sampler, "steps": args.steps, "eta": args.eta,
         "patch_size": args.patch_size, "overlap": args.overlap, "batch_size": 1,
         "start_t": args.start_t, "n_samples": args.n_samples, "data_consistency": args.data_consistency,
+        "estimate": args.estimate, "flip_ensemble": args.flip_ensemble,
     }
     outputs = super_resolve(
         normalised, stages, sampling, seed=args.seed, log=log.info,
@@ -126,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--steps", type=int, default=10, help="reverse steps (default 10)")
     sr.add_argument("--eta", type=float, default=0.0, help="DDIM eta, 0 = deterministic (default 0)")
     sr.add_argument("--start-t", type=int, default=None, help="truncate the reverse process at this t (default: T)")
-    sr.add_argument("--n-samples", type=int, default=1, help="samples averaged into the output (default 1)")
+    sr.add_argument("--n-samples", type=int, default=1, help="samples drawn (default 1)")
+    sr.add_argument("--estimate", choices=("posterior_mean", "sample_mean"), default="posterior_mean",
+                    help="the output: the posterior-mean estimate E[x0 | LR] (x0 prediction from pure noise; "
+                         "highest expected PSNR), or the mean of the samples (default posterior_mean)")
+    sr.add_argument("--flip-ensemble", action="store_true",
+                    help="draw sample k in the k-th of the 8 mirrorings of the input and mirror it back")
     sr.add_argument("--sd", help="also write the samples' per-voxel standard deviation (needs --n-samples >= 2)")
     sr.add_argument("--data-consistency", type=int, default=0, help="back-projection iterations (default 0)")
     sr.add_argument("--patch-size", type=int, default=96, help="inference patch side (default 96)")

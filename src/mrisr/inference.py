@@ -147,11 +147,14 @@ def super_resolve_stage(
     cond_np = upsample(volume, stage.factor, order)
     patch = int(sampling["patch_size"])
     padded, crop = _pad_to(cond_np, min(patch, max(cond_np.shape)), stage.model.divisor)
+    n_samples = int(sampling.get("n_samples", 1))
+    if estimate == "posterior_mean" and n_samples == 1:
+        # Only the first step's x0 prediction is kept: the later steps would change nothing.
+        sampling = {**sampling, "steps": 1}
     schedule = sampling_schedule(stage.config, sampling)
     truncated = sampling.get("start_t") is not None
     scale = parameterization.residual_scale(d)
     lo, hi = parameterization.x0_range(target_kind, scale)
-    n_samples = int(sampling.get("n_samples", 1))
     flips = FLIPS if sampling.get("flip_ensemble", False) else ((),)
 
     samples, first_estimates = [], []
