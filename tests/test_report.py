@@ -74,6 +74,24 @@ def test_benchmark_file_snakemake_format(tmp_path):
         tables.read_benchmark(bad)
 
 
+def test_model_rows_match_costs_by_exact_job_name():
+    """Compared names that prefix one another ("a", "a_b") keep their own costs."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["compare"] = {"a": {"train": {"steps": 3}}, "a_b": {"train": {"steps": 4}}}
+    cost = lambda rule, job, s: tables.Cost(rule, job, s, s, float("nan"), 1)  # noqa: E731
+    costs = [
+        cost("train_stage", "stage1", 10), cost("train_stage", "stage2", 20), cost("super_resolve", "demo03", 5),
+        cost("train_compare", "a_stage1", 1), cost("train_compare", "a_stage2", 2),
+        cost("train_compare", "a_b_stage1", 100), cost("train_compare", "a_b_stage2", 200),
+        cost("super_resolve_compare", "a_demo03", 3), cost("super_resolve_compare", "a_b_demo03", 7),
+        cost("super_resolve_compare", "a_demo09", 1000),  # not a test subject: ignored
+    ]
+    rows = {r["method"]: r for r in build.model_rows(config, costs, ["demo03"])}
+    assert [(m, r["train_seconds"], r["train_steps"], r["sr_seconds"]) for m, r in rows.items()] == [
+        ("sr", 30, 12, 5), ("sr_a", 3, 6, 3), ("sr_a_b", 300, 8, 7)]
+    assert math.isnan(build.model_rows(config, [], ["demo03"])[0]["train_seconds"])
+
+
 # -- provenance ---------------------------------------------------------------------------
 
 

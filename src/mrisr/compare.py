@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from typing import Mapping
 
+MODEL_SECTIONS = ("cascade", "degrade", "diffusion", "model", "train")
+
+
+def model_config(config: Mapping) -> dict:
+    """The part of the workflow config a trained model depends on.
+
+    Sections cascade, degrade, diffusion, model and train, less
+    ``train.checkpoint_every``: resuming is exact, so how often training saves
+    its resume checkpoint does not change the model, and changing it must not
+    re-run training.
+    """
+    out = {key: dict(config[key]) for key in MODEL_SECTIONS}
+    out["train"].pop("checkpoint_every", None)
+    return out
+
 
 def compare_configs(model_config: Mapping, compare: Mapping[str, Mapping]) -> dict[str, dict]:
     """{name: the main model config with the comparison's ``model``/``train`` keys overridden}.
 
     ``model_config`` is the part of the config a trained model depends on
-    (cascade, degrade, diffusion, model, train). A key the main config does
+    (``model_config(config)``). A key the main config does
     not have is refused with its full name, so a typo cannot silently compare
     the main model with itself.
     """

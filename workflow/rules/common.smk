@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
-from mrisr.compare import compare_configs
+from mrisr.compare import compare_configs, model_config
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
 
@@ -40,9 +40,6 @@ TEST_SUBJECTS = [s for s, v in SPLIT.items() if v == "test"]
 FACTORS = config["cascade"]["factors"]
 FACTOR = total_factor(FACTORS)
 STAGES = [g.stage + 1 for g in stage_grids(FACTORS)]  # 1-based in file names
-# The part of the config a trained model depends on; a change re-runs training.
-# train.checkpoint_every is left out: resuming is exact, so how often training
-# saves its resume checkpoint does not change the model.
 def canonical(value):
     """``value`` with dict keys sorted at every level. Snakemake compares a rule's
     params as written, so the same settings in another key order (another config
@@ -50,9 +47,8 @@ def canonical(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-MODEL_CONFIG = {key: config[key] for key in ("cascade", "degrade", "diffusion", "model")}
-MODEL_CONFIG["train"] = {k: v for k, v in config["train"].items() if k != "checkpoint_every"}
-MODEL_CONFIG = canonical(MODEL_CONFIG)
+# The part of the config a trained model depends on; a change re-runs training.
+MODEL_CONFIG = canonical(model_config(config))
 SAMPLING = canonical(config["sampling"])
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.

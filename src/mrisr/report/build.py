@@ -66,19 +66,27 @@ def showcase(rows: Sequence[Mapping], available: Sequence[str], k: int = SHOWCAS
     return [(s, f"({which} {describe(g)})") for which, (g, s) in picks]
 
 
-def model_rows(config: Mapping, costs: Sequence[tables.Cost]) -> list[dict]:
-    """One row per SR method for the models section: the main model (sr) and each compared one (sr_{name})."""
-    from mrisr.compare import compare_configs
+def model_rows(config: Mapping, costs: Sequence[tables.Cost], test_subjects: Sequence[str]) -> list[dict]:
+    """One row per SR method for the models section: the main model (sr) and each compared one (sr_{name}).
+
+    Costs are matched to a model by exact job name (``stage{k}`` / ``{subject}``
+    for the main model, ``{name}_stage{k}`` / ``{name}_{subject}`` for a
+    compared one), so one compared name being a prefix of another cannot mix
+    their costs.
+    """
+    from mrisr.compare import compare_configs, model_config
     from mrisr.diffusion.nets import unet_from_config
 
-    main = {key: config[key] for key in ("cascade", "degrade", "diffusion", "model", "train")}
+    main = model_config(config)
     models = {"sr": (main, "train_stage", "super_resolve", "")}
     for name, cfg in compare_configs(main, config.get("compare") or {}).items():
         models[f"sr_{name}"] = (cfg, "train_compare", "super_resolve_compare", f"{name}_")
     rows = []
     for method, (cfg, train_rule, sr_rule, prefix) in models.items():
-        train = [c for c in costs if c.rule == train_rule and c.job.startswith(prefix + "stage")]
-        sr = [c for c in costs if c.rule == sr_rule and c.job.startswith(prefix)]
+        stages = {f"{prefix}stage{k}" for k in range(1, len(cfg["cascade"]["factors"]) + 1)}
+        subjects = {f"{prefix}{s}" for s in test_subjects}
+        train = [c for c in costs if c.rule == train_rule and c.job in stages]
+        sr = [c for c in costs if c.rule == sr_rule and c.job in subjects]
         rows.append({
             "method": method,
             "variant": str(cfg["model"].get("variant", "unet3d")),
@@ -159,7 +167,7 @@ def build_report(
         sections = [
             ("metrics", "Metrics", page.metrics_section(
                 metrics_rows, summaries, gains, tables.data_ranges(metrics_rows), metrics_png)),
-            *([("models", "Models compared", page.models_section(model_rows(config, costs), summaries))]
+            *([("models", "Models compared", page.models_section(model_rows(config, costs, test_subjects), summaries))]
               if config.get("compare") else []),
             ("slices", "Slices", page.slices_section(shown, len(subjects_tested))),
             ("uncertainty", "Uncertainty", page.uncertainty_section(
