@@ -169,6 +169,20 @@ def test_posterior_mean_is_the_first_x0_prediction_and_flips_are_undone(checkpoi
         run(volume, 0, steps=2, start_t=100, estimate="posterior_mean")
 
 
+def test_the_log_names_the_steps_that_run(checkpoints, config):
+    """Posterior mean with one sample runs one reverse step per stage, and says so."""
+    lines, steps = [], []
+    lr = np.random.default_rng(0).random((4, 4, 4), dtype=np.float32)
+    sampling = {**config["sampling"], "steps": 5, "n_samples": 1, "estimate": "posterior_mean"}
+    super_resolve(lr, checkpoints, sampling, device="cpu", log=lines.append,
+                  progress=lambda stage, n_stages, step, n_steps: steps.append((stage, n_steps)))
+    assert len(lines) == 2 and all("ddim 1 step(s), 1 sample(s), posterior_mean on cpu" in line for line in lines)
+    assert steps == [(0, 1), (1, 1)]
+    lines.clear()
+    super_resolve(lr, checkpoints, {**sampling, "n_samples": 2, "flip_ensemble": True}, device="cpu", log=lines.append)
+    assert "ddim 5 step(s), 2 sample(s), posterior_mean over flips on cpu" in lines[0]
+
+
 def test_checkpoints_out_of_order_are_refused(checkpoints, config):
     lr = np.zeros((4, 4, 4), np.float32)
     with pytest.raises(CheckpointError, match="holds stage 1, expected stage 0"):

@@ -107,6 +107,15 @@ FLIPS = tuple(tuple(d for d in range(3) if k >> d & 1) for k in range(8))  # the
 ESTIMATES = ("sample_mean", "posterior_mean")
 
 
+def steps_run(sampling: dict) -> dict:
+    """``sampling`` as it will run: with the posterior-mean estimate and one
+    sample only the first reverse step's x0 prediction is kept, so only that
+    step runs (the later ones would change nothing)."""
+    if sampling.get("estimate", "sample_mean") == "posterior_mean" and int(sampling.get("n_samples", 1)) == 1:
+        return {**sampling, "steps": 1}
+    return sampling
+
+
 def super_resolve_stage(
     stage: Stage,
     volume: np.ndarray,
@@ -148,9 +157,7 @@ def super_resolve_stage(
     patch = int(sampling["patch_size"])
     padded, crop = _pad_to(cond_np, min(patch, max(cond_np.shape)), stage.model.divisor)
     n_samples = int(sampling.get("n_samples", 1))
-    if estimate == "posterior_mean" and n_samples == 1:
-        # Only the first step's x0 prediction is kept: the later steps would change nothing.
-        sampling = {**sampling, "steps": 1}
+    sampling = steps_run(sampling)
     schedule = sampling_schedule(stage.config, sampling)
     truncated = sampling.get("start_t") is not None
     scale = parameterization.residual_scale(d)
@@ -241,8 +248,10 @@ def super_resolve(
 
     def runner(stage: Stage) -> Callable[[np.ndarray], np.ndarray]:
         def run(volume: np.ndarray) -> np.ndarray:
+            run_as = steps_run(sampling)
             log(f"stage {stage.stage}: x{stage.factor}, {volume.shape} -> {tuple(s * stage.factor for s in volume.shape)}, "
-                f"{sampling['method']} {sampling['steps']} steps, {sampling.get('n_samples', 1)} sample(s) on {dev}")
+                f"{run_as['method']} {run_as['steps']} step(s), {run_as.get('n_samples', 1)} sample(s), "
+                f"{run_as.get('estimate', 'sample_mean')}{' over flips' if run_as.get('flip_ensemble') else ''} on {dev}")
             step_progress = None
             if progress is not None:
                 step_progress = lambda i, n: progress(stage.stage, len(stages), i, n)  # noqa: E731
