@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from mrisr import metrics  # noqa: E402
 from mrisr.data.degrade import upsample  # noqa: E402
 from mrisr.data.splits import read_splits  # noqa: E402
-from mrisr.inference import super_resolve  # noqa: E402
+from mrisr.inference import steps_run, super_resolve  # noqa: E402
 from mrisr.io import load_volume  # noqa: E402
 
 BASE = {"method": "ddim", "steps": 10, "eta": 0.0, "patch_size": 96, "overlap": 0.25, "batch_size": 1,
@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler_quality.tsv"))
     parser.add_argument("--crop", type=int, default=0, help="score a central crop of this HR side (0 = whole volume)")
     parser.add_argument("--label", default="", help="free text stored with each row (e.g. the training recipe)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="sampling seeds; each variant is run once per seed (a row each)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"),
                         help="subjects scored; compare recipes on val, report test once chosen")
     args = parser.parse_args()
@@ -93,8 +94,11 @@ def main() -> None:
     subjects = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == args.split)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    header = "label\tvariant\tsplit\tsubject\tcrop\tseed\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\n"
     if not out.exists():
-        out.write_text("label\tvariant\tsplit\tsubject\tcrop\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\n")
+        out.write_text(header)
+    elif out.open().readline() != header:
+        raise SystemExit(f"{out}: written with other columns; give a new --out")
     for subject in subjects:
         hr, _ = load_volume(res / "hr" / subject / "T1w_brain.nii.gz")
         mask = load_volume(res / "hr" / subject / "brainmask.nii.gz")[0] > 0
@@ -105,16 +109,17 @@ def main() -> None:
             lr = lr[tuple(slice(b.start // factor, b.stop // factor) for b in box)]
         spline = np.clip(upsample(lr, factor, order), 0, 1)
         sp_psnr, sp_ssim = metrics.psnr_in_mask(hr, spline, mask), metrics.ssim_in_mask(hr, spline, mask)
-        for name in args.variants:
+        for name, seed in ((n, s) for n in args.variants for s in args.seeds):
             sampling = {**BASE, **VARIANTS[name]}
             t0 = time.perf_counter()
-            outputs = super_resolve(lr, [str(c) for c in checkpoints], sampling, seed=args.seed, device="auto", log=lambda m: None)
+            outputs = super_resolve(lr, [str(c) for c in checkpoints], sampling, seed=seed, device="auto", log=lambda m: None)
             seconds = time.perf_counter() - t0
             sr = outputs[-1].mean
             psnr, ssim = metrics.psnr_in_mask(hr, sr, mask), metrics.ssim_in_mask(hr, sr, mask)
-            steps = min(sampling["steps"], sampling["start_t"] or sampling["steps"])
+            steps = steps_run(sampling)["steps"]
+            steps = min(steps, sampling["start_t"] or steps)
             nfe = steps * sampling["n_samples"] * len(checkpoints)
-            row = (f"{args.label}\t{name}\t{args.split}\t{subject}\t{args.crop}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
+            row = (f"{args.label}\t{name}\t{args.split}\t{subject}\t{args.crop}\t{seed}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
                    f"{sp_ssim:.4f}\t{psnr - sp_psnr:+.3f}\t{nfe}\t{seconds:.1f}")
             with open(out, "a") as fh:
                 fh.write(row + "\n")
