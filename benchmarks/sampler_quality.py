@@ -51,6 +51,12 @@ VARIANTS = {
     "ddim50_eta1": {"steps": 50, "eta": 1.0},
     "ddim20_eta1": {"steps": 20, "eta": 1.0},
     "ddim10_eta1": {"steps": 10, "eta": 1.0},
+    # the same with the analytic variance (Analytic-DPM): needs a checkpoint with x0_mse
+    "ddim50_eta1_av": {"steps": 50, "eta": 1.0, "variance": "analytic"},
+    "ddim20_eta1_av": {"steps": 20, "eta": 1.0, "variance": "analytic"},
+    "ddim10_eta1_av": {"steps": 10, "eta": 1.0, "variance": "analytic"},
+    "ancestral50_av": {"method": "ancestral", "steps": 50, "variance": "analytic"},
+    "ancestral1000_av": {"method": "ancestral", "steps": 1000, "variance": "analytic"},
     # the demo's sampling: posterior mean over 4 mirrorings, 4 samples for the sd map
     "demo": {"estimate": "posterior_mean", "steps": 5, "eta": 1.0, "n_samples": 4, "flip_ensemble": True},
     # the posterior-mean estimate E[x0 | LR]: the x0 prediction from pure noise

@@ -176,11 +176,41 @@ def test_the_log_names_the_steps_that_run(checkpoints, config):
     sampling = {**config["sampling"], "steps": 5, "n_samples": 1, "estimate": "posterior_mean"}
     super_resolve(lr, checkpoints, sampling, device="cpu", log=lines.append,
                   progress=lambda stage, n_stages, step, n_steps: steps.append((stage, n_steps)))
-    assert len(lines) == 2 and all("ddim 1 step(s), 1 sample(s), posterior_mean on cpu" in line for line in lines)
+    assert len(lines) == 2 and all("ddim 1 step(s), 1 sample(s), posterior_mean, posterior variance on cpu" in line for line in lines)
     assert steps == [(0, 1), (1, 1)]
     lines.clear()
     super_resolve(lr, checkpoints, {**sampling, "n_samples": 2, "flip_ensemble": True}, device="cpu", log=lines.append)
-    assert "ddim 5 step(s), 2 sample(s), posterior_mean over flips on cpu" in lines[0]
+    assert "ddim 5 step(s), 2 sample(s), posterior_mean over flips, posterior variance on cpu" in lines[0]
+
+
+def test_checkpoint_holds_the_x0_error_and_analytic_variance_uses_it(checkpoints, config, tmp_path):
+    """Training stores Gamma_t on its grid; analytic sampling needs it and adds spread."""
+    from mrisr.diffusion import analytic
+    from mrisr.inference import CheckpointError, full_schedule, load_stage, super_resolve_stage
+
+    stage = load_stage(checkpoints[1], torch.device("cpu"))
+    full = full_schedule(stage.config)
+    table = stage.x0_mse
+    assert table["t"] == analytic.error_grid(full) and len(table["mse"]) == len(table["t"])
+    mse = np.asarray(table["mse"])
+    # (a 6-step model is far from the bound near t = 0, which x0_var_on clips to)
+    assert np.all(np.isfinite(mse)) and np.all(mse > 0) and mse[-1] > mse[0]
+    volume, _ = _volumes(9)
+    base = {**config["sampling"], "patch_size": 32, "n_samples": 3, "steps": 3, "eta": 1.0}
+
+    def spread(**kw):
+        return super_resolve_stage(stage, volume, {**base, **kw}, torch.Generator().manual_seed(0)).sd.mean()
+
+    assert spread(variance="analytic") > spread(variance="posterior")
+    payload = torch.load(checkpoints[1], weights_only=True)
+    del payload["x0_mse"]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    with pytest.raises(CheckpointError, match="old.pt: holds no x0 error table"):
+        super_resolve_stage(load_stage(old, torch.device("cpu")), volume, {**base, "variance": "analytic"},
+                            torch.Generator())
+    with pytest.raises(ValueError, match="sampling.variance must be one of posterior, analytic"):
+        super_resolve_stage(stage, volume, {**base, "variance": "exact"}, torch.Generator())
 
 
 def test_checkpoints_out_of_order_are_refused(checkpoints, config):

@@ -81,7 +81,7 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
         "method": args.sampler, "steps": args.steps, "eta": args.eta,
         "patch_size": args.patch_size, "overlap": args.overlap, "batch_size": 1,
         "start_t": args.start_t, "n_samples": args.n_samples, "data_consistency": args.data_consistency,
-        "estimate": args.estimate, "flip_ensemble": args.flip_ensemble,
+        "estimate": args.estimate, "flip_ensemble": args.flip_ensemble, "variance": args.variance,
     }
     outputs = super_resolve(
         normalised, stages, sampling, seed=args.seed, log=log.info,
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "highest expected PSNR), or the mean of the samples (default posterior_mean)")
     sr.add_argument("--flip-ensemble", action="store_true",
                     help="draw sample k in the k-th of the 8 mirrorings of the input and mirror it back")
+    sr.add_argument("--variance", choices=("posterior", "analytic"), default="posterior",
+                    help="reverse-step noise: the sampler's own, or plus the x0 prediction's error stored in "
+                         "the checkpoint (Analytic-DPM; few steps spread like 1000) (default posterior)")
     sr.add_argument("--sd", help="also write the samples' per-voxel standard deviation (needs --n-samples >= 2)")
     sr.add_argument("--data-consistency", type=int, default=0, help="back-projection iterations (default 0)")
     sr.add_argument("--patch-size", type=int, default=96, help="inference patch side (default 96)")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mrisr.data.degrade import downsample, upsample
-from mrisr.diffusion import parameterization
+from mrisr.diffusion import analytic, parameterization
 from mrisr.diffusion.cascade import run_cascade
 from mrisr.diffusion.nets import UNet, unet_from_config
 from mrisr.diffusion.sampler import sample, sliding_window, start_from
@@ -32,6 +32,7 @@ class Stage:
     stage: int
     factor: int
     path: Path
+    x0_mse: dict | None = None  # the x0 prediction's error by timestep (mrisr.diffusion.analytic)
 
 
 def load_stage(path: str | Path, device: torch.device) -> Stage:
@@ -53,7 +54,8 @@ def load_stage(path: str | Path, device: torch.device) -> Stage:
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the model in its config ({err})") from None
     factor = int(config["cascade"]["factors"][stage])
-    return Stage(model=model.to(device).eval(), config=config, stage=stage, factor=factor, path=path)
+    return Stage(model=model.to(device).eval(), config=config, stage=stage, factor=factor, path=path,
+                 x0_mse=payload.get("x0_mse"))
 
 
 def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -68,14 +70,19 @@ def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray,
     return np.pad(volume, pads, mode="edge"), tuple(crop)
 
 
+def full_schedule(config: dict) -> NoiseSchedule:
+    """The T-step schedule the stage was trained with."""
+    d = config["diffusion"]
+    return make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))
+
+
 def sampling_schedule(config: dict, sampling: dict) -> NoiseSchedule:
     """The schedule the sampler walks: the full one (ancestral over all T steps) or a respaced one.
 
     ``sampling["steps"]`` steps are spread over [1, start_t] (t = T unless
     ``sampling["start_t"]`` truncates the reverse process).
     """
-    d = config["diffusion"]
-    full = make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))
+    full = full_schedule(config)
     start_t = sampling.get("start_t")
     t_max = full.num_timesteps - 1 if start_t is None else int(start_t) - 1
     steps = int(sampling["steps"])
@@ -105,6 +112,7 @@ def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, or
 
 FLIPS = tuple(tuple(d for d in range(3) if k >> d & 1) for k in range(8))  # the 8 mirrorings of a volume
 ESTIMATES = ("sample_mean", "posterior_mean")
+VARIANCES = ("posterior", "analytic")
 
 
 def steps_run(sampling: dict) -> dict:
@@ -142,6 +150,12 @@ def super_resolve_stage(
     ``train.flip``), so the means also average over orientation (geometric
     self-ensemble, Lim et al. 2017). ``sampling["data_consistency"]``
     back-projection iterations (default 0) are applied to the point estimate.
+
+    ``sampling["variance"]`` is the reverse steps' noise: ``posterior``
+    (default) that of the sampler; ``analytic`` adds the x0 prediction's own
+    error, measured at the end of training and stored in the checkpoint
+    (Analytic-DPM, ``mrisr.diffusion.analytic``), so that few large steps
+    spread their samples as the 1000-step sampler does.
     """
     d = stage.config["diffusion"]
     order = int(stage.config["degrade"]["order"])
@@ -152,6 +166,12 @@ def super_resolve_stage(
     if estimate == "posterior_mean" and sampling.get("start_t") is not None:
         raise ValueError("sampling.estimate 'posterior_mean' needs the reverse process to start from "
                          "pure noise (sampling.start_t: null)")
+    variance = sampling.get("variance", "posterior")
+    if variance not in VARIANCES:
+        raise ValueError(f"sampling.variance must be one of {', '.join(VARIANCES)}, not {variance!r}")
+    if variance == "analytic" and stage.x0_mse is None:
+        raise CheckpointError(f"{stage.path}: holds no x0 error table (x0_mse), which sampling.variance "
+                              "'analytic' needs; retrain the stage with this version, or use 'posterior'")
     device = next(stage.model.parameters()).device
     cond_np = upsample(volume, stage.factor, order)
     patch = int(sampling["patch_size"])
@@ -159,6 +179,7 @@ def super_resolve_stage(
     n_samples = int(sampling.get("n_samples", 1))
     sampling = steps_run(sampling)
     schedule = sampling_schedule(stage.config, sampling)
+    x0_var = analytic.x0_var_on(full_schedule(stage.config), schedule, stage.x0_mse) if variance == "analytic" else None
     truncated = sampling.get("start_t") is not None
     scale = parameterization.residual_scale(d)
     lo, hi = parameterization.x0_range(target_kind, scale)
@@ -199,7 +220,7 @@ def super_resolve_stage(
             x_start = start_from(schedule, x0_init, generator)
         x0 = sample(
             denoise, schedule, cond.shape, method=sampling["method"], eta=float(sampling["eta"]),
-            generator=generator, device=device, x_start=x_start, progress=progress,
+            generator=generator, device=device, x_start=x_start, progress=progress, x0_var=x0_var,
         )
         samples.append(to_image(x0))
         first_estimates.append(to_image(first[0]))
@@ -251,7 +272,8 @@ def super_resolve(
             run_as = steps_run(sampling)
             log(f"stage {stage.stage}: x{stage.factor}, {volume.shape} -> {tuple(s * stage.factor for s in volume.shape)}, "
                 f"{run_as['method']} {run_as['steps']} step(s), {run_as.get('n_samples', 1)} sample(s), "
-                f"{run_as.get('estimate', 'sample_mean')}{' over flips' if run_as.get('flip_ensemble') else ''} on {dev}")
+                f"{run_as.get('estimate', 'sample_mean')}{' over flips' if run_as.get('flip_ensemble') else ''}, "
+                f"{run_as.get('variance', 'posterior')} variance on {dev}")
             step_progress = None
             if progress is not None:
                 step_progress = lambda i, n: progress(stage.stage, len(stages), i, n)  # noqa: E731

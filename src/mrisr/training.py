@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import mrisr
-from mrisr.diffusion import parameterization
+from mrisr.diffusion import analytic, parameterization
 from mrisr.diffusion.cascade import StagePair
 from mrisr.diffusion.nets import unet_from_config
 from mrisr.diffusion.schedule import make_schedule, q_sample
@@ -332,6 +332,15 @@ def _train(
         final = payload(steps, seconds)
         del final["progress"], final["data"]
         final["format"], final["train_seconds"] = 1, seconds
+        # The EMA network's x0 error by timestep on the validation patches, for
+        # the analytic reverse variance (sampling.variance: analytic).
+        grid = analytic.error_grid(schedule)
+        with autocast(dev):
+            mse = analytic.measure_x0_error(ema, schedule, prediction, target_kind, val_cond.to(dev),
+                                            val_target.to(dev), val_noise.to(dev), grid, scale)
+        final["x0_mse"] = {"t": grid, "mse": mse}
+        log(f"stage {stage}: x0 error by t on {n_val} val patches: "
+            + ", ".join(f"t={t} {m:.2e}" for t, m in list(zip(grid, mse))[:: max(1, len(grid) // 5)]))
         save_checkpoint(checkpoint_path, final)
         with atomic_path(log_path) as tmp:
             with open(tmp, "w") as fh:

@@ -40,12 +40,21 @@ def ancestral_step(
     xt: torch.Tensor,
     i: int,
     generator: torch.Generator | None = None,
+    x0_var: float = 0.0,
 ) -> torch.Tensor:
-    """One draw from q(x_{t-1} | x_t, x0_hat) (DDPM eqs. 6-7); no noise at the last step (i = 0)."""
+    """One draw from q(x_{t-1} | x_t, x0_hat) (DDPM eqs. 6-7); no noise at the last step (i = 0).
+
+    ``x0_var`` > 0 adds the x0 prediction's own error to the step's variance:
+    beta_tilde_t + c_0^2 x0_var with c_0 the posterior mean's coefficient of
+    x0 (the optimal Gaussian reverse variance of Analytic-DPM, Bao et al.
+    2022, Thm 1, written with the x0 error Gamma_t = E||x0 - x0_hat||^2 / d).
+    """
     t = torch.full((xt.shape[0],), i, dtype=torch.long, device=xt.device)
     mean, variance = posterior_mean_variance(schedule, x0_hat, xt, t)
     if i == 0:
         return mean
+    if x0_var:
+        variance = variance + float(schedule.posterior_mean_coef_x0[i]) ** 2 * x0_var
     return mean + variance.sqrt() * _noise(xt.shape, generator, xt)
 
 
@@ -56,12 +65,22 @@ def ddim_step(
     i: int,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    x0_var: float = 0.0,
 ) -> torch.Tensor:
     """One DDIM update (Song et al. 2021, eq. 12) in units where the noise has variance ``noise_var``.
 
-    x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} - sigma^2) s eps_hat + sigma s z,
-    sigma = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}), s = sqrt(noise_var).
-    eta = 0 is deterministic; eta = 1 has the posterior's variance.
+    x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} - sigma^2) s eps_hat + lambda z,
+    sigma = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}), s = sqrt(noise_var),
+    lambda^2 = sigma^2 s^2. eta = 0 is deterministic; eta = 1 has the posterior's variance.
+
+    ``x0_var`` > 0 (the x0 prediction's mean squared error Gamma_t) gives the
+    optimal variance of Analytic-DPM (Bao et al. 2022, Thm 1):
+    lambda^2 = sigma^2 s^2 + c_0^2 Gamma_t, with
+    c_0 = sqrt(abar_{t-1}) - sqrt(1 - abar_{t-1} - sigma^2) sqrt(abar_t / (1 - abar_t))
+    the update's coefficient of x0_hat once eps_hat is written through it.
+    A large step trusts x0_hat as if it were x0; this puts the x0 prediction's
+    own uncertainty back, which the many small steps of the ancestral sampler
+    accumulate on their own.
     """
     t = torch.full((xt.shape[0],), i, dtype=torch.long, device=xt.device)
     eps_hat = predict_eps_from_x0(schedule, xt, t, x0_hat)
@@ -69,8 +88,15 @@ def ddim_step(
     abar_prev = extract(schedule.alphas_cumprod_prev, t, xt.ndim)
     sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
     s = math.sqrt(schedule.noise_var)
-    out = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * s * eps_hat
-    if eta > 0 and i > 0:
+    direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()
+    out = abar_prev.sqrt() * x0_hat + direction * s * eps_hat
+    if i == 0:
+        return out
+    if x0_var:
+        c0 = abar_prev.sqrt() - direction * (abar / (1 - abar)).sqrt()
+        std = (sigma**2 * s**2 + c0**2 * x0_var).sqrt()
+        return out + std * _noise(xt.shape, generator, xt)
+    if eta > 0:
         out = out + sigma * s * _noise(xt.shape, generator, xt)
     return out
 
@@ -86,6 +112,7 @@ def sample(
     device: torch.device | str = "cpu",
     x_start: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    x0_var: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from the schedule's last step down to an estimate of x_0.
 
@@ -93,7 +120,9 @@ def sample(
     ``respace``d one (few-step sampling); steps run i = T'-1, ..., 0. The
     reverse process starts from x_T ~ N(0, noise_var I), or from ``x_start``
     when given: a draw of x_t at the schedule's last step, which truncates the
-    reverse process (``start_from``). Returns a tensor of ``shape``.
+    reverse process (``start_from``). ``x0_var[i]``, when given, is the x0
+    prediction's mean squared error at step i, for the analytic variance of
+    ``ddim_step`` / ``ancestral_step``. Returns a tensor of ``shape``.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {', '.join(SAMPLERS)}")
@@ -103,12 +132,15 @@ def sample(
     else:
         xt = math.sqrt(schedule.noise_var) * _noise(shape, generator, like)
     n = schedule.num_timesteps
+    if x0_var is not None and len(x0_var) != n:
+        raise ValueError(f"x0_var has {len(x0_var)} entries for a schedule of {n} steps")
     for step, i in enumerate(reversed(range(n))):
         x0_hat = denoise(xt, i)
+        gamma = float(x0_var[i]) if x0_var is not None else 0.0
         if method == "ancestral":
-            xt = ancestral_step(schedule, x0_hat, xt, i, generator)
+            xt = ancestral_step(schedule, x0_hat, xt, i, generator, gamma)
         else:
-            xt = ddim_step(schedule, x0_hat, xt, i, eta, generator)
+            xt = ddim_step(schedule, x0_hat, xt, i, eta, generator, gamma)
         if progress is not None:
             progress(step + 1, n)
     return xt
