@@ -75,7 +75,7 @@ def main() -> None:
                 xt = q_sample(schedule, x0, tt, noise)
                 with torch.no_grad():
                     raw = stage.model(xt, cond, tt)
-                x0_hat = parameterization.output_to_x0(d["prediction"], schedule, xt, tt, raw)
+                x0_hat = parameterization.output_to_x0(d["prediction"], schedule, xt, tt, raw, parameterization.sigma_data(d))
                 mse = float(((x0_hat - x0) ** 2).mean()) / scale ** 2
                 row = f"{args.label}\t{path}\t{args.split}\t{t}\t{mse:.6g}\t{spline_mse:.6g}"
                 fh.write(row + "\n")

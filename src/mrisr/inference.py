@@ -182,6 +182,7 @@ def super_resolve_stage(
     x0_var = analytic.x0_var_on(full_schedule(stage.config), schedule, stage.x0_mse) if variance == "analytic" else None
     truncated = sampling.get("start_t") is not None
     scale = parameterization.residual_scale(d)
+    sigma_d = parameterization.sigma_data(d)
     lo, hi = parameterization.x0_range(target_kind, scale)
     flips = FLIPS if sampling.get("flip_ensemble", False) else ((),)
 
@@ -205,7 +206,7 @@ def super_resolve_stage(
                 float(sampling["overlap"]), int(sampling["batch_size"]),
             )
             t = torch.full((1,), i, dtype=torch.long, device=device)
-            x0 = parameterization.output_to_x0(prediction, schedule, xt, t, raw).clamp(lo, hi)
+            x0 = parameterization.output_to_x0(prediction, schedule, xt, t, raw, sigma_d).clamp(lo, hi)
             if not first:
                 first.append(x0)
             return x0

@@ -142,15 +142,17 @@ def diffusion_loss(
     t: torch.Tensor,
     unit_noise: torch.Tensor,
     scale: float = 1.0,
+    sigma_data: float = 0.05,
 ) -> torch.Tensor:
     """DDPM simple loss (eq. 14) for a batch: mean squared error of the chosen target.
 
     In diffusion space: with a residual scale s the loss is s^2 times that of
-    the unscaled residual.
+    the unscaled residual. For ``edm`` it is the x0 error weighted by
+    1 / c_out^2 (EDM's loss weighting).
     """
     x0 = parameterization.to_diffusion_space(target_kind, volume, cond, scale)
     xt = q_sample(schedule, x0, t, unit_noise)
-    y = parameterization.regression_target(prediction, schedule, x0, t, unit_noise)
+    y = parameterization.regression_target(prediction, schedule, x0, t, unit_noise, sigma_data)
     return F.mse_loss(model(xt, cond, t).float(), y)
 
 
@@ -216,6 +218,7 @@ def _train(
     prediction, target_kind = dcfg["prediction"], dcfg["target"]
     parameterization.check(prediction, target_kind)
     scale = parameterization.residual_scale(dcfg)
+    sigma_d = parameterization.sigma_data(dcfg)
     dev = world.device
     seed = int(tcfg["seed"]) + 1000 * stage
     torch.manual_seed(seed)
@@ -295,7 +298,7 @@ def _train(
         noise = torch.randn((batch, *cond.shape[1:]), generator=noise_gen)[rows].to(dev)
         model.train()
         with autocast(dev):
-            loss = diffusion_loss(net, schedule, prediction, target_kind, cond, volume, t, noise, scale)
+            loss = diffusion_loss(net, schedule, prediction, target_kind, cond, volume, t, noise, scale, sigma_d)
         optimizer.zero_grad(set_to_none=True)
         (loss * (share * world.size)).backward()  # DDP averages over workers: the batch mean
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
@@ -313,7 +316,7 @@ def _train(
                     val_loss = float(
                         diffusion_loss(
                             ema, schedule, prediction, target_kind,
-                            val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev), scale,
+                            val_cond.to(dev), val_target.to(dev), val_t.to(dev), val_noise.to(dev), scale, sigma_d,
                         )
                     )
             elapsed = seconds_before + time.perf_counter() - start
@@ -337,7 +340,7 @@ def _train(
         grid = analytic.error_grid(schedule)
         with autocast(dev):
             mse = analytic.measure_x0_error(ema, schedule, prediction, target_kind, val_cond.to(dev),
-                                            val_target.to(dev), val_noise.to(dev), grid, scale)
+                                            val_target.to(dev), val_noise.to(dev), grid, scale, sigma_d)
         final["x0_mse"] = {"t": grid, "mse": mse}
         log(f"stage {stage}: x0 error by t on {n_val} val patches: "
             + ", ".join(f"t={t} {m:.2e}" for t, m in list(zip(grid, mse))[:: max(1, len(grid) // 5)]))

@@ -66,6 +66,7 @@ def measure_x0_error(
     unit_noise: torch.Tensor,
     timesteps: list[int],
     scale: float = 1.0,
+    sigma_data: float = 0.05,
 ) -> list[float]:
     """Gamma_t at each of ``timesteps``: the mean squared error of the x0
     prediction (clamped to the x0 range, as the sampler clamps it) against x0,
@@ -76,7 +77,8 @@ def measure_x0_error(
     for step in timesteps:
         t = torch.full((x0.shape[0],), int(step), dtype=torch.long, device=x0.device)
         xt = q_sample(schedule, x0, t, unit_noise)
-        x0_hat = parameterization.output_to_x0(prediction, schedule, xt, t, model(xt, cond, t).float()).clamp(lo, hi)
+        raw = model(xt, cond, t).float()
+        x0_hat = parameterization.output_to_x0(prediction, schedule, xt, t, raw, sigma_data).clamp(lo, hi)
         out.append(float((x0_hat - x0).square().mean()))
     return out
 
