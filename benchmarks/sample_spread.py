@@ -38,8 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mrisr.data.splits import read_splits  # noqa: E402
 from mrisr.inference import super_resolve  # noqa: E402
-from mrisr.io import load_volume  # noqa: E402
-from sampler_quality import central_crop  # noqa: E402
+from sampler_quality import load_run, load_subject  # noqa: E402
 
 
 def main() -> None:
@@ -54,24 +53,14 @@ def main() -> None:
     args = parser.parse_args()
 
     res = Path(args.results)
-    checkpoints = [str(c) for c in sorted((res / "models").glob("stage*/checkpoint.pt"))]
-    if not checkpoints:
-        raise SystemExit(f"{res}/models: no stage checkpoints")
-    import torch
-
-    factor = int(np.prod(torch.load(checkpoints[0], weights_only=True)["config"]["cascade"]["factors"]))
+    checkpoints, config = load_run(res)
+    factor = int(np.prod(config["cascade"]["factors"]))
     subjects = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == args.split)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = ["subject\tsplit\tcrop\tsteps\tvariance\tn_samples\trmse_mean\trmse_sample\trms_sd\tspread_ratio\tsd_error_corr\tseconds"]
     for subject in subjects:
-        hr, _ = load_volume(res / "hr" / subject / "T1w_brain.nii.gz")
-        mask = load_volume(res / "hr" / subject / "brainmask.nii.gz")[0] > 0
-        lr, _ = load_volume(res / "lr" / subject / f"x{factor}.nii.gz")
-        if args.crop:
-            box = central_crop(hr, args.crop, factor)
-            hr, mask = hr[box], mask[box]
-            lr = lr[tuple(slice(b.start // factor, b.stop // factor) for b in box)]
+        hr, mask, lr = load_subject(res, subject, factor, args.crop)
         for steps in args.steps:
             for variance in ("posterior", "analytic"):
                 sampling = {"method": "ddim", "steps": steps, "eta": 1.0, "patch_size": 96, "overlap": 0.25,

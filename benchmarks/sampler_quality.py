@@ -74,6 +74,28 @@ def central_crop(volume: np.ndarray, side: int, factor: int) -> tuple[slice, ...
     return tuple(slice((s - min(side, s)) // 2 // factor * factor, (s - min(side, s)) // 2 // factor * factor + min(side, s)) for s in volume.shape)
 
 
+def load_run(results: Path) -> tuple[list[str], dict]:
+    """A finished run's stage checkpoints (coarse to fine) and the config stored in the first."""
+    checkpoints = [str(c) for c in sorted((results / "models").glob("stage*/checkpoint.pt"))]
+    if not checkpoints:
+        raise SystemExit(f"{results}/models: no stage checkpoints")
+    import torch
+
+    return checkpoints, torch.load(checkpoints[0], weights_only=True)["config"]
+
+
+def load_subject(results: Path, subject: str, factor: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HR, brain mask, LR) of a subject of the run, cut to the central ``crop``^3 HR box (0: whole)."""
+    hr, _ = load_volume(results / "hr" / subject / "T1w_brain.nii.gz")
+    mask = load_volume(results / "hr" / subject / "brainmask.nii.gz")[0] > 0
+    lr, _ = load_volume(results / "lr" / subject / f"x{factor}.nii.gz")
+    if crop:
+        box = central_crop(hr, crop, factor)
+        hr, mask = hr[box], mask[box]
+        lr = lr[tuple(slice(b.start // factor, b.stop // factor) for b in box)]
+    return hr, mask, lr
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results")
@@ -88,14 +110,8 @@ def main() -> None:
     args = parser.parse_args()
 
     res = Path(args.results)
-    checkpoints = sorted((res / "models").glob("stage*/checkpoint.pt"))
-    if not checkpoints:
-        raise SystemExit(f"{res}/models: no stage checkpoints")
-    import torch
-
-    config = torch.load(checkpoints[0], weights_only=True)["config"]
-    factors = config["cascade"]["factors"]
-    factor = int(np.prod(factors))
+    checkpoints, config = load_run(res)
+    factor = int(np.prod(config["cascade"]["factors"]))
     order = int(config["degrade"]["order"])
     subjects = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == args.split)
     out = Path(args.out)
@@ -106,19 +122,13 @@ def main() -> None:
     elif out.open().readline() != header:
         raise SystemExit(f"{out}: written with other columns; give a new --out")
     for subject in subjects:
-        hr, _ = load_volume(res / "hr" / subject / "T1w_brain.nii.gz")
-        mask = load_volume(res / "hr" / subject / "brainmask.nii.gz")[0] > 0
-        lr, _ = load_volume(res / "lr" / subject / f"x{factor}.nii.gz")
-        if args.crop:
-            box = central_crop(hr, args.crop, factor)
-            hr, mask = hr[box], mask[box]
-            lr = lr[tuple(slice(b.start // factor, b.stop // factor) for b in box)]
+        hr, mask, lr = load_subject(res, subject, factor, args.crop)
         spline = np.clip(upsample(lr, factor, order), 0, 1)
         sp_psnr, sp_ssim = metrics.psnr_in_mask(hr, spline, mask), metrics.ssim_in_mask(hr, spline, mask)
         for name, seed in ((n, s) for n in args.variants for s in args.seeds):
             sampling = {**BASE, **VARIANTS[name]}
             t0 = time.perf_counter()
-            outputs = super_resolve(lr, [str(c) for c in checkpoints], sampling, seed=seed, device="auto", log=lambda m: None)
+            outputs = super_resolve(lr, checkpoints, sampling, seed=seed, device="auto", log=lambda m: None)
             seconds = time.perf_counter() - t0
             sr = outputs[-1].mean
             psnr, ssim = metrics.psnr_in_mask(hr, sr, mask), metrics.ssim_in_mask(hr, sr, mask)
