@@ -142,7 +142,7 @@ def diffusion_loss(
     t: torch.Tensor,
     unit_noise: torch.Tensor,
     scale: float = 1.0,
-    sigma_data: float = 0.05,
+    sigma_data: float = parameterization.SIGMA_DATA,
 ) -> torch.Tensor:
     """DDPM simple loss (eq. 14) for a batch: mean squared error of the chosen target.
 

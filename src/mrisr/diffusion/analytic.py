@@ -66,7 +66,7 @@ def measure_x0_error(
     unit_noise: torch.Tensor,
     timesteps: list[int],
     scale: float = 1.0,
-    sigma_data: float = 0.05,
+    sigma_data: float = parameterization.SIGMA_DATA,
 ) -> list[float]:
     """Gamma_t at each of ``timesteps``: the mean squared error of the x0
     prediction (clamped to the x0 range, as the sampler clamps it) against x0,

@@ -32,6 +32,7 @@ from mrisr.diffusion.schedule import (
 
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "edm")
 TARGETS: tuple[str, ...] = ("residual", "image")
+SIGMA_DATA = 0.05  # diffusion.sigma_data's default (config/config.schema.yaml)
 
 
 def check(prediction: str, target: str) -> None:
@@ -63,7 +64,7 @@ def residual_scale(diffusion: dict) -> float:
 
 def sigma_data(diffusion: dict) -> float:
     """The configured sd of x_0 for the ``edm`` preconditioning (diffusion.sigma_data)."""
-    return float(diffusion.get("sigma_data", 0.05))
+    return float(diffusion.get("sigma_data", SIGMA_DATA))
 
 
 def edm_coefficients(
@@ -88,7 +89,7 @@ def edm_coefficients(
 
 def regression_target(
     prediction: str, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, unit_noise: torch.Tensor,
-    sigma_data: float = 0.05,
+    sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
     """What the network is trained to output for (x_0, t, noise)."""
     if prediction == "eps":
@@ -106,7 +107,7 @@ def regression_target(
 
 def output_to_x0(
     prediction: str, schedule: NoiseSchedule, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor,
-    sigma_data: float = 0.05,
+    sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
     """The x_0 estimate implied by the network's output at (x_t, t)."""
     if prediction == "eps":
