@@ -45,8 +45,8 @@ from scipy import ndimage  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mrisr.data.brain_extraction import BrainExtractionError, dice, extract_brain  # noqa: E402
-from mrisr.data.demo import _smooth_field  # noqa: E402
+from mrisr.data.brain_extraction import BrainExtractionError, ExtractionSettings, dice, extract_brain  # noqa: E402
+from mrisr.data.demo import smooth_field  # noqa: E402
 from mrisr.data.phantom import make_head_phantom  # noqa: E402
 from mrisr.io import voxel_sizes  # noqa: E402
 
@@ -71,7 +71,7 @@ def cases(templates: Path | None) -> list[tuple[str, np.ndarray, np.ndarray, np.
         out.append(("colin27_2mm", block_mean(t1, 2), block_mean(ref.astype(np.float32), 2) >= 0.5, affine2, "real, 2x2x2 block means"))
         rng = np.random.default_rng(0)
         white = float(np.percentile(t1[ref], 95))
-        biased = t1 * np.exp(0.15 * _smooth_field(rng, t1.shape, control=4))
+        biased = t1 * np.exp(0.15 * smooth_field(rng, t1.shape, control=4))
         noise = 0.03 * white
         degraded = np.sqrt((biased + noise * rng.standard_normal(t1.shape)) ** 2 + (noise * rng.standard_normal(t1.shape)) ** 2)
         out.append(("colin27_1mm_bias_noise", degraded.astype(np.float32), ref, affine, "real + bias field +-15 % + Rician noise 3 %"))
@@ -81,7 +81,7 @@ def cases(templates: Path | None) -> list[tuple[str, np.ndarray, np.ndarray, np.
 
 
 def run_mrisr(t1: np.ndarray, affine: np.ndarray, **options) -> np.ndarray:
-    return extract_brain(t1, affine, **options).mask
+    return extract_brain(t1, affine, ExtractionSettings(**options)).mask
 
 
 def run_brainextractor(t1: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrisr.data.brain_extraction import BrainExtractionError, dice, extract_brain
+from mrisr.data.brain_extraction import BrainExtractionError, ExtractionSettings, dice, extract_brain
 from mrisr.data.phantom import make_head_phantom
 
 
@@ -33,7 +33,7 @@ def test_the_brain_of_a_whole_head_phantom_is_found(phantom):
 def test_intensity_scale_and_a_coarser_working_grid_do_not_matter(phantom):
     scaled = extract_brain(phantom.t1 * 1e-3, phantom.affine)
     assert dice(scaled.mask, phantom.mask) > 0.97
-    coarse = extract_brain(phantom.t1, phantom.affine, working_mm=4.0)  # resampled there and back
+    coarse = extract_brain(phantom.t1, phantom.affine, ExtractionSettings(working_mm=4.0))  # resampled there and back
     assert coarse.mask.shape == phantom.mask.shape
     assert dice(coarse.mask, phantom.mask) > 0.95
 

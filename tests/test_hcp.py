@@ -20,6 +20,7 @@ from mrisr.data.hcp import (
     CredentialsMissing,
     FetchError,
     NotFound,
+    Retry,
     S3Settings,
     TransferFailed,
     download,
@@ -153,7 +154,7 @@ def test_transient_failures_are_retried_with_exponential_backoff(keys, faulty_pr
     key = keys.key(READABLE[2], "t1")
     pauses: list[float] = []
     faulty_proxy.spoil("cut", count=2)
-    result = download(client, BUCKET, key, tmp_path / "t1.nii.gz", attempts=3, backoff_s=0.5, sleep=pauses.append)
+    result = download(client, BUCKET, key, tmp_path / "t1.nii.gz", retry=Retry(3, 0.5, pauses.append))
     assert result["attempts"] == 3 and pauses == [0.5, 1.0]
     assert (tmp_path / "t1.nii.gz").read_bytes() == keys.objects[key]
 
@@ -163,14 +164,14 @@ def test_corrupted_bytes_are_caught_by_the_md5(keys, faulty_proxy, tmp_path):
     key = keys.key(READABLE[0], "mask")
     faulty_proxy.spoil("corrupt")
     with pytest.raises(TransferFailed, match="failed 2 times, last with: MD5 .* is not the ETag"):
-        download(client, BUCKET, key, tmp_path / "mask.nii.gz", attempts=2, backoff_s=0.0)
+        download(client, BUCKET, key, tmp_path / "mask.nii.gz", retry=Retry(2, 0.0))
     assert faulty_proxy.spoiled == 2 and leftovers(tmp_path) == []
     # An object stored with a flexible checksum is also checked by botocore; same outcome.
     with pytest.raises(TransferFailed, match="failed 2 times, last with: Expected checksum"):
-        download(client, BUCKET, CHECKSUMMED_KEY, tmp_path / "object.bin", attempts=2, backoff_s=0.0)
+        download(client, BUCKET, CHECKSUMMED_KEY, tmp_path / "object.bin", retry=Retry(2, 0.0))
     assert faulty_proxy.spoiled == 4 and leftovers(tmp_path) == []
     faulty_proxy.spoil("pass")
-    download(client, BUCKET, CHECKSUMMED_KEY, tmp_path / "object.bin", attempts=1)
+    download(client, BUCKET, CHECKSUMMED_KEY, tmp_path / "object.bin", retry=Retry(1))
     assert (tmp_path / "object.bin").read_bytes() == keys.objects[CHECKSUMMED_KEY]
 
 
@@ -181,13 +182,13 @@ def test_network_failure_after_every_attempt(keys, tmp_path):
     pauses: list[float] = []
     client = s3_client(settings)
     with pytest.raises(TransferFailed, match="failed 3 times.*Could not connect.*Check the network"):
-        download(client, BUCKET, keys.key(READABLE[0], "t1"), tmp_path / "t1.nii.gz", attempts=3, backoff_s=0.1, sleep=pauses.append)
+        download(client, BUCKET, keys.key(READABLE[0], "t1"), tmp_path / "t1.nii.gz", retry=Retry(3, 0.1, pauses.append))
     assert pauses == [0.1, 0.2] and leftovers(tmp_path) == []
 
 
 def test_multipart_objects_are_verified_by_size(keys, tmp_path):
     client = s3_client(settings_for(keys))
-    result = download(client, BUCKET, MULTIPART_KEY, tmp_path / "object.bin", attempts=1)
+    result = download(client, BUCKET, MULTIPART_KEY, tmp_path / "object.bin", retry=Retry(1))
     assert result["md5"] is None, "a multipart ETag is not an MD5 of the bytes"
     assert (tmp_path / "object.bin").read_bytes() == keys.objects[MULTIPART_KEY]
 

@@ -83,16 +83,21 @@ def _erode(mask: np.ndarray, radius_mm: float, sampling: np.ndarray) -> np.ndarr
     return ndimage.distance_transform_edt(mask, sampling=sampling) > radius_mm
 
 
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """The method's settings (module doc, steps 1-4); the defaults are the measured ones."""
+
+    smooth_mm: float = 1.0
+    brain_fraction: float = 0.55
+    erosion_mm: Sequence[float] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    surface_mm: float = 3.0
+    shallow_tolerance: float = 0.01
+    closing_mm: float = 6.0
+    working_mm: float = 2.0
+
+
 def extract_brain(
-    t1: np.ndarray,
-    affine: np.ndarray,
-    smooth_mm: float = 1.0,
-    brain_fraction: float = 0.55,
-    erosion_mm: Sequence[float] = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
-    surface_mm: float = 3.0,
-    shallow_tolerance: float = 0.01,
-    closing_mm: float = 6.0,
-    working_mm: float = 2.0,
+    t1: np.ndarray, affine: np.ndarray, settings: ExtractionSettings = ExtractionSettings()
 ) -> BrainExtraction:
     """Brain mask of a whole-head T1 volume (shape (X, Y, Z)); see the module docstring.
 
@@ -102,14 +107,14 @@ def extract_brain(
     """
     if t1.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {t1.shape}")
-    radii = sorted(float(r) for r in erosion_mm)
+    radii = sorted(float(r) for r in settings.erosion_mm)
     if not radii or radii[0] <= 0:
-        raise ValueError(f"erosion_mm must be positive radii, got {list(erosion_mm)}")
+        raise ValueError(f"erosion_mm must be positive radii, got {list(settings.erosion_mm)}")
     native_sampling = voxel_sizes(affine)
-    smooth = ndimage.gaussian_filter(t1.astype(np.float32), smooth_mm / native_sampling)
+    smooth = ndimage.gaussian_filter(t1.astype(np.float32), settings.smooth_mm / native_sampling)
     # Work on a grid no finer than working_mm: distance transforms dominate the cost.
     native_shape = np.array(t1.shape)
-    work_shape = np.maximum(np.round(native_shape * np.minimum(native_sampling / working_mm, 1.0)), 1).astype(int)
+    work_shape = np.maximum(np.round(native_shape * np.minimum(native_sampling / settings.working_mm, 1.0)), 1).astype(int)
     sampling = native_sampling * native_shape / work_shape
     if np.any(work_shape != native_shape):
         smooth = ndimage.zoom(smooth, work_shape / native_shape, order=1, grid_mode=True, mode="nearest")
@@ -128,15 +133,15 @@ def extract_brain(
         raise BrainExtractionError(f"no bright region survives an erosion of {radii[-1]} mm: is this a head?")
     brain_intensity = float(np.median(smooth[deep_bright]))
 
-    candidates = head & (smooth > brain_fraction * brain_intensity)
+    candidates = head & (smooth > settings.brain_fraction * brain_intensity)
     inside = ndimage.distance_transform_edt(candidates, sampling=sampling)
     shallow = []
     for radius in radii:
         core = _largest_component(inside > radius)
         if not core.any():
             break
-        shallow.append(float(np.mean(depth[core] < radius + surface_mm)))
-        if shallow[-1] < shallow_tolerance:
+        shallow.append(float(np.mean(depth[core] < radius + settings.surface_mm)))
+        if shallow[-1] < settings.shallow_tolerance:
             break
     else:
         core = None
@@ -149,7 +154,7 @@ def extract_brain(
         )
 
     brain = _largest_component(_dilate(core, radius + 1.0, sampling) & candidates)
-    closed = _erode(_dilate(brain, closing_mm, sampling), closing_mm, sampling)
+    closed = _erode(_dilate(brain, settings.closing_mm, sampling), settings.closing_mm, sampling)
     brain = ndimage.binary_fill_holes(closed | brain)
     if np.any(work_shape != native_shape):
         zoomed = ndimage.zoom(brain.astype(np.float32), native_shape / work_shape, order=1, grid_mode=True, mode="nearest")

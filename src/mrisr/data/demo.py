@@ -63,7 +63,7 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], control: int) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], control: int) -> np.ndarray:
     """A smooth random field in [-1, 1] (max |value| = 1): noise on a coarse grid, cubic-upsampled."""
     coarse = ndimage.gaussian_filter(rng.standard_normal((control,) * 3), sigma=1.0, mode="wrap")
     field = ndimage.zoom(coarse, [s / control for s in shape], order=3, mode="nearest", grid_mode=True)
@@ -103,7 +103,7 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0) -> 
     source = (rotation @ scaling) @ (world - centre[:, None]) + centre[:, None] + shift[:, None]
     amplitude = rng.uniform(2.0, 3.0)
     for axis in range(3):
-        source[axis] += amplitude * _smooth_field(rng, shape, control=6).reshape(-1)
+        source[axis] += amplitude * smooth_field(rng, shape, control=6).reshape(-1)
     inv = np.linalg.inv(template_affine)
     coords = inv[:3, :3] @ source + inv[:3, 3:4]
 
@@ -122,7 +122,7 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0) -> 
     # Contrast, bias field, scanner scale, Rician noise.
     t1 = t1 ** rng.uniform(0.8, 1.2)
     t1 = t1 * (1.0 + rng.uniform(-0.08, 0.08) * gm + rng.uniform(-0.08, 0.08) * wm)
-    t1 = t1 * np.exp(0.15 * _smooth_field(rng, shape, control=3))
+    t1 = t1 * np.exp(0.15 * smooth_field(rng, shape, control=3))
     t1 = 1000.0 * rng.uniform(0.8, 1.2) * t1
     noise_sd = rng.uniform(0.01, 0.02) * float(t1.max())
     real = t1 + noise_sd * rng.standard_normal(shape)

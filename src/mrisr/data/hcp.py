@@ -235,16 +235,28 @@ def _remove_stale_temporaries(dest: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How often a transfer is tried (``attempts`` in all) and how long to wait between tries:
+    ``backoff_s * 2**k`` seconds before try k + 2, at most 60 s, through ``sleep``."""
+
+    attempts: int = 5
+    backoff_s: float = 2.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2, 3, ...)."""
+        return min(60.0, self.backoff_s * 2 ** (attempt - 2))
+
+
 def download(
     client: Any,
     bucket: str,
     key: str,
     dest: str | os.PathLike,
-    attempts: int = 5,
-    backoff_s: float = 2.0,
+    retry: Retry = Retry(),
     subject: str = "",
     check: Callable[[Path], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Download ``s3://bucket/key`` to ``dest`` through a verified temporary file.
 
@@ -260,11 +272,11 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(dest)
     last: Exception | None = None
-    for attempt in range(1, max(1, attempts) + 1):
+    for attempt in range(1, max(1, retry.attempts) + 1):
         if attempt > 1:
-            pause = min(60.0, backoff_s * 2 ** (attempt - 2))
+            pause = retry.pause(attempt)
             log.warning("s3://%s/%s: attempt %d failed (%s); retrying in %.1f s", bucket, key, attempt - 1, last, pause)
-            sleep(pause)
+            retry.sleep(pause)
         try:
             return _download_once(client, bucket, key, dest, check) | {"attempts": attempt}
         except Exception as err:  # classified below: specific, transient or unexpected
@@ -277,7 +289,7 @@ def download(
                 raise
             last = err
     raise TransferFailed(
-        f"s3://{bucket}/{key}: the transfer failed {attempts} times, last with: {last}. Check the network "
+        f"s3://{bucket}/{key}: the transfer failed {retry.attempts} times, last with: {last}. Check the network "
         "connection (and hcp.endpoint_url if set); nothing was written, and re-running the workflow "
         "fetches this subject again"
     )
@@ -332,10 +344,8 @@ def fetch_subject(subject: str, settings: S3Settings, outputs: Mapping[str, str 
     for name, dest in outputs.items():
         key = settings.key(subject, name)
         start = time.perf_counter()
-        result = download(
-            client, settings.bucket, key, dest, settings.attempts, settings.backoff_s,
-            subject=subject, check=check_nifti_3d,
-        )
+        result = download(client, settings.bucket, key, dest, Retry(settings.attempts, settings.backoff_s),
+                          subject=subject, check=check_nifti_3d)
         check = f"MD5 {result['md5']}" if result["md5"] else "size only (multipart ETag)"
         log.info(
             "%s: s3://%s/%s -> %s, %d bytes, verified: %s, %d attempt(s), %.1f s",

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from mrisr.data.demo import _smooth_field
+from mrisr.data.demo import smooth_field
 
 MNI_T1_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
@@ -87,7 +87,7 @@ def make_head_phantom(voxel_size_mm: int = 2, seed: int = 0) -> HeadPhantom:
 
     # Distance (mm) outside the brain; each boundary wanders by up to 1 mm.
     outside = ndimage.distance_transform_edt(~brain_mask).astype(np.float32)
-    wander = _smooth_field(rng, tuple(max(2, n // 8) for n in outside.shape), control=5)
+    wander = smooth_field(rng, tuple(max(2, n // 8) for n in outside.shape), control=5)
     outside += ndimage.zoom(wander, np.divide(outside.shape, wander.shape), order=1, grid_mode=True, mode="nearest")[
         : outside.shape[0], : outside.shape[1], : outside.shape[2]
     ]
@@ -103,7 +103,7 @@ def make_head_phantom(voxel_size_mm: int = 2, seed: int = 0) -> HeadPhantom:
     grid[:3, 3] = (v - 1.0) / 2.0
     affine = affine_1mm @ grid
 
-    bias = _smooth_field(rng, head.shape, control=3)
+    bias = smooth_field(rng, head.shape, control=3)
     head = head * np.exp(0.1 * bias) * 1000.0
     noise_sd = 0.02 * 1000.0
     real = head + noise_sd * rng.standard_normal(head.shape)
