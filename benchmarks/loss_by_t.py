@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mrisr.data.splits import read_splits  # noqa: E402
-from mrisr.diffusion import parameterization  # noqa: E402
+from mrisr.diffusion.parameterization import Parameterization  # noqa: E402
 from mrisr.diffusion.cascade import stage_pair  # noqa: E402
 from mrisr.diffusion.schedule import make_schedule, q_sample  # noqa: E402
 from mrisr.inference import load_stage  # noqa: E402
@@ -64,18 +64,19 @@ def main() -> None:
             pairs.append(stage_pair(hr, lr, mask, factors, stage.stage, int(cfg["degrade"]["order"]), False))
         cond, target = (torch.from_numpy(a) for a in
                         PatchSampler(pairs, int(cfg["train"]["patch_size"]), np.random.default_rng(5)).sample(args.patches))
-        scale = parameterization.residual_scale(d)
+        param = Parameterization.from_diffusion(d)
+        scale = param.residual_scale
         schedule = make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))
         spline_mse = float(((target - cond) ** 2).mean())
         with open(out, "a") as fh:
             for t in TIMESTEPS:
                 noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(t))
                 tt = torch.full((len(cond),), t)
-                x0 = parameterization.to_diffusion_space(d["target"], target, cond, scale)
+                x0 = param.to_diffusion_space(target, cond)
                 xt = q_sample(schedule, x0, tt, noise)
                 with torch.no_grad():
                     raw = stage.model(xt, cond, tt)
-                x0_hat = parameterization.output_to_x0(d["prediction"], schedule, xt, tt, raw, parameterization.sigma_data(d))
+                x0_hat = param.output_to_x0(schedule, xt, tt, raw)
                 mse = float(((x0_hat - x0) ** 2).mean()) / scale ** 2
                 row = f"{args.label}\t{path}\t{args.split}\t{t}\t{mse:.6g}\t{spline_mse:.6g}"
                 fh.write(row + "\n")

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from mrisr.config import SamplingOptions  # noqa: E402
 from mrisr.data.splits import read_splits  # noqa: E402
 from mrisr.inference import super_resolve  # noqa: E402
 from sampler_quality import load_run, load_subject  # noqa: E402
@@ -63,11 +64,12 @@ def main() -> None:
         hr, mask, lr = load_subject(res, subject, factor, args.crop)
         for steps in args.steps:
             for variance in ("posterior", "analytic"):
-                sampling = {"method": "ddim", "steps": steps, "eta": 1.0, "patch_size": 96, "overlap": 0.25,
-                            "batch_size": 1, "start_t": None, "n_samples": args.n_samples,
-                            "estimate": "sample_mean", "variance": variance}
+                sampling = SamplingOptions.from_mapping({
+                    "method": "ddim", "steps": steps, "eta": 1.0, "patch_size": 96, "overlap": 0.25,
+                    "batch_size": 1, "start_t": None, "n_samples": args.n_samples,
+                    "estimate": "sample_mean", "variance": variance, "seed": args.seed})
                 t0 = time.perf_counter()
-                final = super_resolve(lr, checkpoints, sampling, seed=args.seed, device="auto", log=lambda m: None)[-1]
+                final = super_resolve(lr, checkpoints, sampling, device="auto", log=lambda m: None)[-1]
                 seconds = time.perf_counter() - t0
                 err2, sd2 = (final.mean - hr)[mask] ** 2, final.sd[mask] ** 2
                 rmse_mean, rms_sd = float(np.sqrt(err2.mean())), float(np.sqrt(sd2.mean()))

@@ -29,11 +29,12 @@ sys.path.insert(0, str(ROOT / "src"))
 from mrisr import metrics  # noqa: E402
 from mrisr.data.degrade import upsample  # noqa: E402
 from mrisr.data.splits import read_splits  # noqa: E402
-from mrisr.inference import steps_run, super_resolve  # noqa: E402
+from mrisr.config import SamplingOptions  # noqa: E402
+from mrisr.inference import super_resolve  # noqa: E402
 from mrisr.io import load_volume  # noqa: E402
 
 BASE = {"method": "ddim", "steps": 10, "eta": 0.0, "patch_size": 96, "overlap": 0.25, "batch_size": 1,
-        "start_t": None, "n_samples": 1, "data_consistency": 0}
+        "start_t": None, "n_samples": 1, "data_consistency": 0, "estimate": "sample_mean"}
 VARIANTS = {
     "ddim10": {},
     "ddim20": {"steps": 20},
@@ -126,15 +127,14 @@ def main() -> None:
         spline = np.clip(upsample(lr, factor, order), 0, 1)
         sp_psnr, sp_ssim = metrics.psnr_in_mask(hr, spline, mask), metrics.ssim_in_mask(hr, spline, mask)
         for name, seed in ((n, s) for n in args.variants for s in args.seeds):
-            sampling = {**BASE, **VARIANTS[name]}
+            sampling = SamplingOptions.from_mapping({**BASE, **VARIANTS[name], "seed": seed})
             t0 = time.perf_counter()
-            outputs = super_resolve(lr, checkpoints, sampling, seed=seed, device="auto", log=lambda m: None)
+            outputs = super_resolve(lr, checkpoints, sampling, device="auto", log=lambda m: None)
             seconds = time.perf_counter() - t0
             sr = outputs[-1].mean
             psnr, ssim = metrics.psnr_in_mask(hr, sr, mask), metrics.ssim_in_mask(hr, sr, mask)
-            steps = steps_run(sampling)["steps"]
-            steps = min(steps, sampling["start_t"] or steps)
-            nfe = steps * sampling["n_samples"] * len(checkpoints)
+            steps = min(sampling.steps_run, sampling.start_t or sampling.steps_run)
+            nfe = steps * sampling.n_samples * len(checkpoints)
             row = (f"{args.label}\t{name}\t{args.split}\t{subject}\t{args.crop}\t{seed}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
                    f"{sp_ssim:.4f}\t{psnr - sp_psnr:+.3f}\t{nfe}\t{seconds:.1f}")
             with open(out, "a") as fh:

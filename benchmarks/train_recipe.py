@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mrisr import pipeline  # noqa: E402
+from mrisr.training import StageRun, TrainJob  # noqa: E402
 
 
 def main() -> None:
@@ -51,17 +52,14 @@ def main() -> None:
         factor *= f
     subjects = [p.name for p in (res / "hr").iterdir()]
     stage_dir = out / "models" / "stage1"
-    pipeline.train(
-        hr_paths={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
-        lr_paths={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
-        mask_paths={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
-        splits_path=str(res / "splits.tsv"),
-        config=config,
-        stage=0,
-        out_checkpoint=str(stage_dir / "checkpoint.pt"),
-        out_log=str(stage_dir / "train_log.tsv"),
-        out_plot=str(stage_dir / "loss.png"),
+    run = StageRun(config, 0, str(stage_dir / "checkpoint.pt"), str(stage_dir / "train_log.tsv"))
+    job = TrainJob(
+        run, str(res / "splits.tsv"),
+        hr={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
+        lr={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
+        mask={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
     )
+    pipeline.train(job, str(stage_dir / "loss.png"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from mrisr.diffusion import analytic
-from mrisr.diffusion.sampler import sample
+from mrisr.diffusion.parameterization import Parameterization
+from mrisr.diffusion.sampler import prior_sample, sample
 from mrisr.diffusion.schedule import make_schedule, spaced_timesteps
 
 M, V = 0.2, 0.01
@@ -35,8 +36,9 @@ def posterior_mean(xt: torch.Tensor, abar: float, s2: float = FULL.noise_var) ->
 def draw(steps: int, method: str = "ddim", eta: float = 1.0, analytic_variance: bool = True, n: int = 100_000):
     schedule = FULL if steps >= FULL.num_timesteps else FULL.respace(spaced_timesteps(1000, steps, 999))
     x0_var = gamma(schedule.alphas_cumprod) if analytic_variance else None
-    x = sample(lambda xt, i: posterior_mean(xt, float(schedule.alphas_cumprod[i])), schedule, (1, 1, n),
-               method=method, eta=eta, generator=torch.Generator().manual_seed(0), x0_var=x0_var)
+    gen = torch.Generator().manual_seed(0)
+    x = sample(lambda xt, i: posterior_mean(xt, float(schedule.alphas_cumprod[i])), schedule,
+               prior_sample(schedule, (1, 1, n), gen), method=method, eta=eta, generator=gen, x0_var=x0_var)
     return float(x.mean()), float(x.var())
 
 
@@ -81,7 +83,7 @@ def test_measured_x0_error_is_the_posterior_variance():
 
     grid = analytic.error_grid(FULL)
     assert grid[0] == 0 and grid[-1] == 999 and len(grid) == analytic.GRID_POINTS + 1
-    got = analytic.measure_x0_error(model, FULL, "x0", "residual", cond, volume, noise, grid)
+    got = analytic.measure_x0_error(model, FULL, Parameterization("x0", "residual", 1.0, 0.05), cond, volume, noise, grid)
     np.testing.assert_allclose(got, gamma(FULL.alphas_cumprod[grid]), rtol=0.03)
 
 

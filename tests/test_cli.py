@@ -20,7 +20,7 @@ from mrisr.data.demo import make_demo_subject
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.diffusion.cascade import stage_pair
 from mrisr.io import save_volume, voxel_sizes
-from mrisr.training import train_stage
+from mrisr.training import StageRun, train_stage
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def checkpoint(tmp_path_factory):
         hr = skullstrip_with_mask(sub.t1, sub.mask, sub.affine, multiple=2)
         pairs.append(stage_pair(hr.t1, downsample(hr.t1, 2), hr.mask > 0, [2], 0))
     out = tmp_path_factory.mktemp("cli_model")
-    train_stage(pairs[:1], pairs[1:], config, 0, out / "stage1.pt", out / "log.tsv", device="cpu", log=lambda m: None)
+    run = StageRun({**config, "device": "cpu"}, 0, str(out / "stage1.pt"), str(out / "log.tsv"))
+    train_stage(pairs[:1], pairs[1:], run, log=lambda m: None)
     return out / "stage1.pt"
 
 
@@ -125,7 +126,8 @@ def test_truncated_gzip_is_a_clear_error(checkpoint, unseen_scan, tmp_path, caps
 def test_truncated_start_needs_the_sample_mean(checkpoint, unseen_scan, tmp_path, capsys):
     out = tmp_path / "sr.nii.gz"
     code, err = _run(capsys, unseen_scan, "-o", out, "--model", checkpoint, "--start-t", "100")
-    assert code == 2 and "--start-t needs --estimate sample_mean" in err and not out.exists()
+    assert code == 2 and "--estimate: 'posterior_mean' needs the reverse process to start from pure noise" in err
+    assert "(--start-t: null)" in err and not out.exists()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(unseen_scan, tmp_path, capsys, checkpoint):

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mrisr.data.local import find_bids, find_by_pattern, find_scans, validate_local_subject
+from mrisr.data.local import LocalScan, find_bids, find_by_pattern, find_scans, validate_local_subject
 from mrisr.io import save_volume
 from mrisr.pipeline import fetch
 
@@ -92,7 +92,8 @@ def test_fetch_copies_local_files_and_never_touches_them(tmp_path):
         path.chmod(stat.S_IRUSR | stat.S_IRGRP)
     before = {p: digest(p) for p in (t1, mask)}
     out = tmp_path / "raw" / "s01"
-    fetch("s01", "local", str(out / "T1w.nii.gz"), str(out / "brainmask.nii.gz"), local_t1=str(t1), local_mask=str(mask))
+    config = {"source": "local", "local": {"t1": str(tmp_path / "in" / "{subject}_T1.nii")}}
+    fetch("s01", config, str(out / "T1w.nii.gz"), str(out / "brainmask.nii.gz"), LocalScan(str(t1), str(mask)))
     assert {p: digest(p) for p in (t1, mask)} == before
     assert (out / "brainmask.nii.gz").read_bytes() == mask.read_bytes()
     copied = nib.load(out / "T1w.nii.gz")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mrisr.diffusion.nets import UNet
-from mrisr.diffusion.sampler import blend_window, patch_starts, sample, sliding_window
+from mrisr.diffusion.sampler import blend_window, patch_starts, prior_sample, sample, sliding_window
 from mrisr.diffusion.schedule import make_schedule, spaced_timesteps
 
 
@@ -71,7 +71,8 @@ def test_sampler_with_oracle_denoiser_recovers_x0(method):
         calls.append(i)
         return x0
 
-    out = sample(oracle, sched, x0.shape, method=method, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    out = sample(oracle, sched, prior_sample(sched, x0.shape, gen), method=method, generator=gen)
     assert calls == list(reversed(range(8)))  # the sampler's order is explicit: T'-1 down to 0
     torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
 
@@ -79,16 +80,18 @@ def test_sampler_with_oracle_denoiser_recovers_x0(method):
 def test_sampler_is_seeded():
     sched = make_schedule("cosine", 100, 0.3)
     denoise = lambda xt, i: 0.5 * xt  # noqa: E731
-    a = sample(denoise, sched, (1, 1, 4, 4), method="ancestral", generator=torch.Generator().manual_seed(3))
-    b = sample(denoise, sched, (1, 1, 4, 4), method="ancestral", generator=torch.Generator().manual_seed(3))
-    c = sample(denoise, sched, (1, 1, 4, 4), method="ancestral", generator=torch.Generator().manual_seed(4))
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return sample(denoise, sched, prior_sample(sched, (1, 1, 4, 4), gen), method="ancestral", generator=gen)
+
+    a, b, c = run(3), run(3), run(4)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
 
 
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="ancestral, ddim"):
-        sample(lambda x, i: x, make_schedule("cosine", 10), (1, 1, 2, 2), method="euler")
+        sample(lambda x, i: x, make_schedule("cosine", 10), torch.zeros(1, 1, 2, 2), method="euler")
 
 
 def test_triplanar_slices_along_each_axis_and_fuses():

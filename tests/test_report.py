@@ -17,10 +17,10 @@ from PIL import Image
 
 from conftest import TINY_CONFIG
 from mrisr.data.degrade import downsample, downsample_affine, upsample
-from mrisr.diffusion.schedule import make_schedule
-from mrisr.inference import sampling_schedule
+from mrisr.config import SamplingOptions
+from mrisr.diffusion.schedule import make_schedule, sampling_schedule
 from mrisr.io import save_volume
-from mrisr.pipeline import write_metrics
+from mrisr.metrics import read_metrics, write_metrics
 from mrisr.report import build, figures, page, provenance, slices, tables
 from report_html import check_report_matches_metrics, decode_data_uri, parse_report
 
@@ -86,10 +86,14 @@ def test_model_rows_match_costs_by_exact_job_name():
         cost("super_resolve_compare", "a_demo03", 3), cost("super_resolve_compare", "a_b_demo03", 7),
         cost("super_resolve_compare", "a_demo09", 1000),  # not a test subject: ignored
     ]
-    rows = {r["method"]: r for r in build.model_rows(config, costs, ["demo03"])}
+    logs = {"sr": [{"parameters": [10.0, 10.0]}, {"parameters": [20.0, 20.0]}],  # the count on every log row
+            "sr_a": [{"parameters": [1.0]}, {"parameters": [2.0]}], "sr_a_b": [{"step": [3.0]}, {"step": [3.0]}]}
+    rows = {r["method"]: r for r in build.model_rows(config, logs, costs, ["demo03"])}
     assert [(m, r["train_seconds"], r["train_steps"], r["sr_seconds"]) for m, r in rows.items()] == [
         ("sr", 30, 12, 5), ("sr_a", 3, 6, 3), ("sr_a_b", 300, 8, 7)]
-    assert math.isnan(build.model_rows(config, [], ["demo03"])[0]["train_seconds"])
+    assert [rows["sr"]["parameters"], rows["sr_a"]["parameters"]] == [30, 3]
+    assert math.isnan(rows["sr_a_b"]["parameters"])  # logs written before the column existed
+    assert math.isnan(build.model_rows(config, logs, [], ["demo03"])[0]["train_seconds"])
 
 
 # -- provenance ---------------------------------------------------------------------------
@@ -144,14 +148,15 @@ def test_package_versions_name_what_is_missing():
 @pytest.mark.parametrize("configured, other", [("cosine", "seed"), ("seed", "cosine")])
 def test_schedule_curves_are_the_schedules(configured, other):
     diffusion = {"schedule": configured, "num_timesteps": 1000, "noise_var": 0.3}
-    c = figures.schedule_curves(diffusion, {"method": "ddim", "steps": 3})
+    sampling = SamplingOptions.from_mapping({"method": "ddim", "steps": 3, "n_samples": 2})
+    c = figures.schedule_curves(diffusion, sampling)
     assert list(c["curves"]) == [configured, other]
     for name, curve in c["curves"].items():
         abar = make_schedule(name, 1000, 0.3).alphas_cumprod
         np.testing.assert_array_equal(curve["alphas_cumprod"], abar)
         np.testing.assert_allclose(curve["noise_variance"], (1 - abar) * 0.3)
     np.testing.assert_array_equal(c["sampled_t"], [1, 501, 1000])
-    expected = sampling_schedule({"diffusion": diffusion}, {"method": "ddim", "steps": 3}).timestep_map + 1
+    expected = sampling_schedule(diffusion, sampling).timestep_map + 1
     np.testing.assert_array_equal(c["sampled_t"], expected)
     assert figures.first_t_below(c["curves"]["seed"]["alphas_cumprod"], 1e-3) == 203
 
@@ -289,15 +294,12 @@ def built_report(tmp_path_factory):
     outputs = {k: str(root / "report" / name) for k, name in [
         ("html", "index.html"), ("metrics_png", "metrics.png"), ("loss_png", "loss.png"),
         ("schedule_png", "schedule.png"), ("summary_tsv", "summary.tsv"), ("cost_tsv", "cost.tsv")]}
-    from mrisr.pipeline import read_metrics
+    from mrisr.data.splits import write_splits
 
-    build.build_report(
-        read_metrics(root / "metrics.tsv"), {s: "test" for s in subjects} | {"t1": "train", "v1": "val"},
-        config, logs, benches, slice_files,
-        out_html=outputs["html"], out_metrics_png=outputs["metrics_png"], out_loss_png=outputs["loss_png"],
-        out_schedule_png=outputs["schedule_png"], out_summary_tsv=outputs["summary_tsv"],
-        out_cost_tsv=outputs["cost_tsv"], repo_dir=None, calibration_files=calibration,
-    )
+    write_splits(root / "splits.tsv", {s: "test" for s in subjects} | {"t1": "train", "v1": "val"})
+    inputs = build.ReportInputs(metrics=str(root / "metrics.tsv"), splits=str(root / "splits.tsv"), config=config,
+                                train_logs=logs, benchmarks=benches, slices=slice_files, calibration=calibration)
+    build.build_report(inputs, build.ReportOutputs(**outputs))
     return root, outputs
 
 

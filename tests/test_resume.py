@@ -31,7 +31,7 @@ from mrisr.diffusion.cascade import stage_pair
 from mrisr.distributed import World, requested_gpus
 from mrisr.io import save_volume
 from mrisr.resume import RESUME_NAME, StopSignals, TrainingInterrupted
-from mrisr.training import train_stage
+from mrisr.training import StageRun, TrainJob, train_stage
 
 STEPS = 12
 
@@ -64,11 +64,12 @@ def pairs():
     return out
 
 
-def _train(folder: Path, pairs, config, **kwargs) -> list[str]:
+def _train(folder: Path, pairs, config, checkpoint_every: int = 0, **kwargs) -> list[str]:
     """train_stage on the CPU into ``folder``; returns the logged messages."""
     messages: list[str] = []
-    train_stage(pairs[:2], pairs[2:], config, 0, folder / "checkpoint.pt", folder / "log.tsv",
-                device="cpu", log=messages.append, **kwargs)
+    run = StageRun({**config, "device": "cpu"}, 0, str(folder / "checkpoint.pt"), str(folder / "log.tsv"),
+                   checkpoint_every=checkpoint_every)
+    train_stage(pairs[:2], pairs[2:], run, log=messages.append, **kwargs)
     return messages
 
 
@@ -177,8 +178,8 @@ def test_a_signal_before_training_starts_stops_it_after_the_first_step(tmp_path,
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after step 1"):
-            train_stage(pairs[:2], pairs[2:], config, 0, tmp_path / "checkpoint.pt", tmp_path / "log.tsv",
-                        device="cpu", log=lambda m: None, stop=stop)
+            run = StageRun({**config, "device": "cpu"}, 0, str(tmp_path / "checkpoint.pt"), str(tmp_path / "log.tsv"))
+            train_stage(pairs[:2], pairs[2:], run, log=lambda m: None, stop=stop)
     assert torch.load(tmp_path / RESUME_NAME, weights_only=True)["step"] == 1
 
 
@@ -222,38 +223,42 @@ def stage_files(tmp_path_factory):
     return paths, str(folder / "splits.tsv")
 
 
-def _train_kwargs(stage_files, config, out: Path, **extra) -> dict:
+def _train_kwargs(stage_files, config, out: Path, steps: int, checkpoint_every: int = 0, **extra) -> dict:
+    """pipeline.train's arguments: the job (as JSON) and how to run it."""
     paths, splits = stage_files
     cfg = copy.deepcopy(config)
     cfg["device"] = "cpu"
-    cfg["train"]["batch_size"] = 4
-    return dict(hr_paths=paths["hr"], lr_paths=paths["lr"], mask_paths=paths["mask"], splits_path=splits,
-                config=cfg, stage=0, out_checkpoint=str(out / "checkpoint.pt"), out_log=str(out / "log.tsv"),
-                out_plot=str(out / "loss.png"), **extra)
+    cfg["train"].update(batch_size=4, steps=steps)
+    run = StageRun(cfg, 0, str(out / "checkpoint.pt"), str(out / "log.tsv"), checkpoint_every=checkpoint_every)
+    job = TrainJob(run, splits, hr=paths["hr"], lr=paths["lr"], mask=paths["mask"])
+    return dict(job=job.to_json(), out_plot=str(out / "loss.png"), **extra)
+
+
+def _pipeline_train(kwargs: dict) -> None:
+    from mrisr.pipeline import train
+
+    train(**{**kwargs, "job": TrainJob.from_json(kwargs["job"])})
 
 
 def _run_pipeline_train(kwargs: dict, **popen) -> subprocess.Popen:
     """pipeline.train in a child process, as the workflow's script runs it."""
-    code = "import json, sys; from mrisr.pipeline import train; train(**json.loads(sys.argv[1]))"
+    code = ("import json, sys; from mrisr.pipeline import train; from mrisr.training import TrainJob; "
+            "a = json.loads(sys.argv[1]); train(**{**a, 'job': TrainJob.from_json(a['job'])})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     return subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)], env=env, **popen)
 
 
 @pytest.mark.slow
 def test_ddp_workers_train_the_single_process_model_and_resume_after_sigterm(tmp_path, stage_files, config):
-    from mrisr.pipeline import train
-
     steps = 40
     single = tmp_path / "single"
-    straight_kwargs = _train_kwargs(stage_files, config, single)
-    straight_kwargs["config"]["train"]["steps"] = steps
-    train(**straight_kwargs)
+    _pipeline_train(_train_kwargs(stage_files, config, single, steps))
 
     # Two workers, stopped by SIGTERM to the launching process once a periodic checkpoint exists.
     ddp = tmp_path / "ddp"
     ddp_log = tmp_path / "ddp.log"
-    kwargs = _train_kwargs(stage_files, config, ddp, checkpoint_every=2, nproc=2, threads=2, log_file=str(ddp_log))
-    kwargs["config"]["train"]["steps"] = steps
+    kwargs = _train_kwargs(stage_files, config, ddp, steps, checkpoint_every=2, nproc=2, threads=2,
+                           log_file=str(ddp_log))
     proc = _run_pipeline_train(kwargs, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (ddp / RESUME_NAME).exists():
@@ -270,7 +275,7 @@ def test_ddp_workers_train_the_single_process_model_and_resume_after_sigterm(tmp
     assert 0 < stopped["step"] < steps and not (ddp / "checkpoint.pt").exists()
 
     # Resumed by two workers again, it ends where the single process ended.
-    kwargs["checkpoint_every"] = 0
+    kwargs = _train_kwargs(stage_files, config, ddp, steps, nproc=2, threads=2, log_file=str(ddp_log))
     proc = _run_pipeline_train(kwargs, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]

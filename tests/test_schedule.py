@@ -146,16 +146,17 @@ def test_edm_preconditioning_inverts_is_the_gaussian_posterior_mean_and_has_unit
     output gives E[x0 | x_t] = sqrt(abar) sd^2 / (abar sd^2 + (1 - abar) s^2) x_t,
     and the target maps back to x0 exactly.
     """
-    from mrisr.diffusion.parameterization import output_to_x0, regression_target
+    from mrisr.diffusion.parameterization import Parameterization
 
     sched, sd = S.make_schedule("cosine", 1000, 0.3), 0.047
     gen = torch.Generator().manual_seed(3)
     x0, eps = sd * torch.randn((4, 1, 32, 32, 32), generator=gen), torch.randn((4, 1, 32, 32, 32), generator=gen)
     tt = torch.full((4,), t, dtype=torch.long)
     xt = S.q_sample(sched, x0, tt, eps)
-    target = regression_target("edm", sched, x0, tt, eps, sd)
-    torch.testing.assert_close(output_to_x0("edm", sched, xt, tt, target, sd), x0, rtol=1e-4, atol=1e-5)
+    edm = Parameterization("edm", "residual", 1.0, sd)
+    target = edm.regression_target(sched, x0, tt, eps)
+    torch.testing.assert_close(edm.output_to_x0(sched, xt, tt, target), x0, rtol=1e-4, atol=1e-5)
     assert float(target.var()) == pytest.approx(1.0, rel=0.02)
     abar = float(sched.alphas_cumprod[t])
     mmse = math.sqrt(abar) * sd**2 / (abar * sd**2 + (1 - abar) * 0.3) * xt
-    torch.testing.assert_close(output_to_x0("edm", sched, xt, tt, torch.zeros_like(xt), sd), mmse, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(edm.output_to_x0(sched, xt, tt, torch.zeros_like(xt)), mmse, rtol=1e-4, atol=1e-7)

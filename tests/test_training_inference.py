@@ -10,8 +10,9 @@ import yaml
 from conftest import synthetic_volumes as _volumes
 from conftest import TINY_CONFIG
 from mrisr.diffusion.cascade import stage_grids, stage_pair, total_factor
+from mrisr.config import ConfigError, SamplingOptions
 from mrisr.inference import CheckpointError, load_stage, super_resolve
-from mrisr.training import train_stage
+from mrisr.training import StageRun, train_stage
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def checkpoints(tmp_path_factory, config):
             hr, mask = _volumes(seed)
             pairs.append(stage_pair(hr, downsample(hr, 4), mask, [2, 2], stage))
         ckpt, log = out / f"stage{stage}.pt", out / f"stage{stage}.tsv"
-        result = train_stage(pairs[:2], pairs[2:], config, stage, ckpt, log, device="cpu", log=lambda m: None)
+        result = train_stage(pairs[:2], pairs[2:], StageRun(config, stage, ckpt, log), log=lambda m: None)
         assert result.steps == config["train"]["steps"] and np.isfinite(result.final_val_loss)
         lines = log.read_text().splitlines()
-        assert lines[0].split("\t") == ["step", "train_loss", "val_loss", "lr", "seconds"]
+        assert lines[0].split("\t") == ["step", "train_loss", "val_loss", "lr", "seconds", "parameters"]
         assert len(lines) == 1 + 2  # val_every 3 over 6 steps
         paths.append(ckpt)
     return paths
@@ -72,11 +73,11 @@ def test_cascade_inference_shapes_and_determinism(checkpoints, config):
     from mrisr.data.degrade import downsample
 
     lr = downsample(hr, 4)
-    sampling = {**config["sampling"], "n_samples": 1}
-    outs = super_resolve(lr, checkpoints, sampling, seed=1, device="cpu", log=lambda m: None)
+    sampling = SamplingOptions.from_mapping({**config["sampling"], "n_samples": 1, "seed": 1})
+    outs = super_resolve(lr, checkpoints, sampling, device="cpu", log=lambda m: None)
     assert [o.mean.shape for o in outs] == [(8, 8, 8), (16, 16, 16)]
     assert all(o.mean.min() >= 0 and o.mean.max() <= 1 and o.sd is None for o in outs)
-    again = super_resolve(lr, checkpoints, sampling, seed=1, device="cpu", log=lambda m: None)
+    again = super_resolve(lr, checkpoints, sampling, device="cpu", log=lambda m: None)
     np.testing.assert_array_equal(outs[-1].mean, again[-1].mean)
 
 
@@ -85,18 +86,21 @@ def test_several_samples_give_mean_and_sd_and_truncation_starts_from_the_conditi
 
     hr, _ = _volumes(6)
     lr = downsample(hr, 4)
-    sampling = {**config["sampling"], "n_samples": 3, "eta": 1.0, "method": "ddim"}
-    outs = super_resolve(lr, checkpoints, sampling, seed=2, device="cpu", log=lambda m: None)
+    sampling = SamplingOptions.from_mapping({**config["sampling"], "n_samples": 3, "eta": 1.0, "method": "ddim",
+                                             "seed": 2})
+    outs = super_resolve(lr, checkpoints, sampling, device="cpu", log=lambda m: None)
     assert outs[-1].sd is not None and outs[-1].sd.shape == (16, 16, 16) and outs[-1].sd.max() > 0
 
 
 def test_truncated_sampling_walks_only_the_low_noise_steps(config):
     from mrisr.diffusion.sampler import start_from
-    from mrisr.inference import sampling_schedule
+    from mrisr.diffusion.schedule import sampling_schedule
 
-    sched = sampling_schedule(config, {"method": "ddim", "steps": 4, "start_t": 200})
+    options = SamplingOptions.from_mapping({"method": "ddim", "steps": 4, "start_t": 200, "estimate": "sample_mean"})
+    sched = sampling_schedule(config["diffusion"], options)
     assert sched.timestep_map.tolist() == [0, 66, 133, 199]
-    assert sampling_schedule(config, {"method": "ancestral", "steps": 1000}).num_timesteps == 1000
+    ancestral = SamplingOptions.from_mapping({"method": "ancestral", "steps": 1000, "n_samples": 2})
+    assert sampling_schedule(config["diffusion"], ancestral).num_timesteps == 1000
     # x_t at the truncated start is the condition plus noise of variance (1 - abar) * noise_var
     x0 = torch.zeros(1, 1, 32, 32, 32)
     xt = start_from(sched, x0, torch.Generator().manual_seed(0))
@@ -144,10 +148,12 @@ def test_posterior_mean_is_the_first_x0_prediction_and_flips_are_undone(checkpoi
 
     stage = load_cascade(checkpoints, torch.device("cpu"))[1]
     volume, _ = _volumes(9)  # 16^3 -> 32^3: no padding, so mirroring commutes with it
-    base = {**config["sampling"], "patch_size": 32, "eta": 0.0, "method": "ddim", "n_samples": 1}
+    base = {**config["sampling"], "patch_size": 32, "eta": 0.0, "method": "ddim", "n_samples": 1,
+            "estimate": "sample_mean"}
 
     def run(volume, seed, **kw):
-        return super_resolve_stage(stage, volume, {**base, **kw}, torch.Generator().manual_seed(seed))
+        options = SamplingOptions.from_mapping({**base, **kw})
+        return super_resolve_stage(stage, volume, options, torch.Generator().manual_seed(seed))
 
     # With eta = 0 the only noise is x_T, so the first step's x0 of a 3-step run
     # is a 1-step run's output (DDIM's last step returns x0).
@@ -159,13 +165,14 @@ def test_posterior_mean_is_the_first_x0_prediction_and_flips_are_undone(checkpoi
     # Sample 2 of a flip ensemble is a sample of the volume mirrored along axis 0, mirrored back.
     ensemble = run(volume, 0, steps=1, n_samples=2, flip_ensemble=True)
     gen = torch.Generator().manual_seed(0)
-    first = super_resolve_stage(stage, volume, {**base, "steps": 1}, gen).mean
-    second = super_resolve_stage(stage, np.flip(volume, 0).copy(), {**base, "steps": 1}, gen).mean
+    one_step = SamplingOptions.from_mapping({**base, "steps": 1})
+    first = super_resolve_stage(stage, volume, one_step, gen).mean
+    second = super_resolve_stage(stage, np.flip(volume, 0).copy(), one_step, gen).mean
     np.testing.assert_allclose(ensemble.mean, (first + np.flip(second, 0)) / 2, atol=1e-6)
     # One sample: only the first step matters, and it is all that runs.
     np.testing.assert_array_equal(run(volume, 3, steps=1, estimate="posterior_mean").mean,
                                   run(volume, 3, steps=4, eta=1.0, estimate="posterior_mean").mean)
-    with pytest.raises(ValueError, match="start_t: null"):
+    with pytest.raises(ConfigError, match="start_t: null"):
         run(volume, 0, steps=2, start_t=100, estimate="posterior_mean")
 
 
@@ -173,23 +180,26 @@ def test_the_log_names_the_steps_that_run(checkpoints, config):
     """Posterior mean with one sample runs one reverse step per stage, and says so."""
     lines, steps = [], []
     lr = np.random.default_rng(0).random((4, 4, 4), dtype=np.float32)
-    sampling = {**config["sampling"], "steps": 5, "n_samples": 1, "estimate": "posterior_mean"}
+    sampling = SamplingOptions.from_mapping({**config["sampling"], "steps": 5, "n_samples": 1,
+                                             "estimate": "posterior_mean"})
     super_resolve(lr, checkpoints, sampling, device="cpu", log=lines.append,
                   progress=lambda stage, n_stages, step, n_steps: steps.append((stage, n_steps)))
     assert len(lines) == 2 and all("ddim 1 step(s), 1 sample(s), posterior_mean, posterior variance on cpu" in line for line in lines)
     assert steps == [(0, 1), (1, 1)]
     lines.clear()
-    super_resolve(lr, checkpoints, {**sampling, "n_samples": 2, "flip_ensemble": True}, device="cpu", log=lines.append)
+    super_resolve(lr, checkpoints, sampling.with_values(n_samples=2, flip_ensemble=True), device="cpu",
+                  log=lines.append)
     assert "ddim 5 step(s), 2 sample(s), posterior_mean over flips, posterior variance on cpu" in lines[0]
 
 
 def test_checkpoint_holds_the_x0_error_and_analytic_variance_uses_it(checkpoints, config, tmp_path):
     """Training stores Gamma_t on its grid; analytic sampling needs it and adds spread."""
     from mrisr.diffusion import analytic
-    from mrisr.inference import CheckpointError, full_schedule, load_stage, super_resolve_stage
+    from mrisr.diffusion.schedule import full_schedule
+    from mrisr.inference import CheckpointError, load_stage, super_resolve_stage
 
     stage = load_stage(checkpoints[1], torch.device("cpu"))
-    full = full_schedule(stage.config)
+    full = full_schedule(stage.config["diffusion"])
     table = stage.x0_mse
     assert table["t"] == analytic.error_grid(full) and len(table["mse"]) == len(table["t"])
     mse = np.asarray(table["mse"])
@@ -199,7 +209,8 @@ def test_checkpoint_holds_the_x0_error_and_analytic_variance_uses_it(checkpoints
     base = {**config["sampling"], "patch_size": 32, "n_samples": 3, "steps": 3, "eta": 1.0}
 
     def spread(**kw):
-        return super_resolve_stage(stage, volume, {**base, **kw}, torch.Generator().manual_seed(0)).sd.mean()
+        options = SamplingOptions.from_mapping({**base, **kw})
+        return super_resolve_stage(stage, volume, options, torch.Generator().manual_seed(0)).sd.mean()
 
     assert spread(variance="analytic") > spread(variance="posterior")
     payload = torch.load(checkpoints[1], weights_only=True)
@@ -207,16 +218,17 @@ def test_checkpoint_holds_the_x0_error_and_analytic_variance_uses_it(checkpoints
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     with pytest.raises(CheckpointError, match="old.pt: holds no x0 error table"):
-        super_resolve_stage(load_stage(old, torch.device("cpu")), volume, {**base, "variance": "analytic"},
-                            torch.Generator())
-    with pytest.raises(ValueError, match="sampling.variance must be one of posterior, analytic"):
-        super_resolve_stage(stage, volume, {**base, "variance": "exact"}, torch.Generator())
+        super_resolve_stage(load_stage(old, torch.device("cpu")), volume,
+                            SamplingOptions.from_mapping({**base, "variance": "analytic"}), torch.Generator())
+    with pytest.raises(ConfigError, match="sampling.variance: 'exact' is not one of"):
+        SamplingOptions.from_mapping({**base, "variance": "exact"})
 
 
 def test_checkpoints_out_of_order_are_refused(checkpoints, config):
     lr = np.zeros((4, 4, 4), np.float32)
     with pytest.raises(CheckpointError, match="holds stage 1, expected stage 0"):
-        super_resolve(lr, checkpoints[::-1], config["sampling"], device="cpu", log=lambda m: None)
+        super_resolve(lr, checkpoints[::-1], SamplingOptions.from_mapping(config["sampling"]), device="cpu",
+                      log=lambda m: None)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(checkpoints, tmp_path):
@@ -238,10 +250,11 @@ def test_triplanar_variant_trains_and_samples(tmp_path, config):
         hr, mask = _volumes(seed)
         pairs.append(stage_pair(hr, downsample(hr, 2), mask, [2], 0))
     ckpt = tmp_path / "tri.pt"
-    train_stage(pairs[:1], pairs[1:], cfg, 0, ckpt, tmp_path / "log.tsv", device="cpu", log=lambda m: None)
+    train_stage(pairs[:1], pairs[1:], StageRun(cfg, 0, ckpt, tmp_path / "log.tsv"), log=lambda m: None)
     stage = load_stage(ckpt, torch.device("cpu"))
     assert type(stage.model).__name__ == "TriPlanarUNet"
-    out = super_resolve(downsample(_volumes(3)[0], 2), [ckpt], cfg["sampling"], device="cpu", log=lambda m: None)
+    out = super_resolve(downsample(_volumes(3)[0], 2), [ckpt], SamplingOptions.from_mapping(cfg["sampling"]), device="cpu",
+                        log=lambda m: None)
     assert out[-1].mean.shape == (16, 16, 16)
 
 
@@ -250,7 +263,7 @@ def test_edm_prediction_trains_passes_a_clean_input_through_and_samples(tmp_path
     where the x0-predicting network of the same training is far from it."""
     from mrisr.data.degrade import downsample
     from mrisr.diffusion import analytic
-    from mrisr.inference import full_schedule
+    from mrisr.diffusion.schedule import full_schedule
 
     cfg = {**config, "cascade": {"factors": [2]}, "diffusion": {**config["diffusion"], "prediction": "edm"}}
     pairs = []
@@ -258,33 +271,37 @@ def test_edm_prediction_trains_passes_a_clean_input_through_and_samples(tmp_path
         hr, mask = _volumes(seed)
         pairs.append(stage_pair(hr, downsample(hr, 2), mask, [2], 0))
     ckpt = tmp_path / "edm.pt"
-    result = train_stage(pairs[:2], pairs[2:], cfg, 0, ckpt, tmp_path / "log.tsv", device="cpu", log=lambda m: None)
+    result = train_stage(pairs[:2], pairs[2:], StageRun(cfg, 0, ckpt, tmp_path / "log.tsv"), log=lambda m: None)
     assert np.isfinite(result.final_val_loss)
     stage = load_stage(ckpt, torch.device("cpu"))
-    bound0 = float(analytic.bound(full_schedule(cfg), np.array([0]))[0])
+    bound0 = float(analytic.bound(full_schedule(cfg["diffusion"]), np.array([0]))[0])
     assert stage.x0_mse["mse"][0] < 10 * bound0 < load_stage(checkpoints[0], torch.device("cpu")).x0_mse["mse"][0]
-    out = super_resolve(downsample(_volumes(3)[0], 2), [ckpt], cfg["sampling"], device="cpu", log=lambda m: None)
+    out = super_resolve(downsample(_volumes(3)[0], 2), [ckpt], SamplingOptions.from_mapping(cfg["sampling"]), device="cpu",
+                        log=lambda m: None)
     assert out[-1].mean.shape == (16, 16, 16) and np.all(np.isfinite(out[-1].mean))
 
 
 def test_residual_scale_round_trips_and_scales_the_loss_by_its_square(config):
-    from mrisr.diffusion import parameterization
     from mrisr.diffusion.nets import unet_from_config
+    from mrisr.diffusion.parameterization import Parameterization
     from mrisr.diffusion.schedule import make_schedule
     from mrisr.training import diffusion_loss
 
     gen = torch.Generator().manual_seed(0)
     hr, cond = torch.rand(2, 1, 1, 8, 8, 8, generator=gen)
-    x0 = parameterization.to_diffusion_space("residual", hr, cond, 10.0)
+    scaled = Parameterization.from_diffusion({"prediction": "x0", "target": "residual", "residual_scale": 10.0})
+    x0 = scaled.to_diffusion_space(hr, cond)
     torch.testing.assert_close(x0, 10.0 * (hr - cond))
-    torch.testing.assert_close(parameterization.from_diffusion_space("residual", x0, cond, 10.0), hr)
-    assert parameterization.x0_range("residual", 10.0) == (-10.0, 10.0)
-    assert parameterization.residual_scale({"target": "image", "residual_scale": 10.0}) == 1.0
+    torch.testing.assert_close(scaled.from_diffusion_space(x0, cond), hr)
+    assert scaled.x0_range() == (-10.0, 10.0)
+    assert Parameterization.from_diffusion({"target": "image", "residual_scale": 10.0}).residual_scale == 1.0
+    unscaled = Parameterization.from_diffusion({"prediction": "x0", "target": "residual"})
+    assert unscaled.residual_scale == 1.0 and unscaled.sigma_data == 0.05  # the schema's defaults
     # A fresh network outputs exactly 0 (zero-initialised output layer), so the x0 loss is mean(x0^2).
     model = unet_from_config(config["model"])
     schedule = make_schedule("cosine", 1000, 0.3)
     t, noise = torch.tensor([500]), torch.randn(1, 1, 8, 8, 8, generator=gen)
     with torch.no_grad():
-        losses = [float(diffusion_loss(model, schedule, "x0", "residual", cond, hr, t, noise, s)) for s in (1.0, 10.0)]
+        losses = [float(diffusion_loss(model, schedule, p, cond, hr, t, noise)) for p in (unscaled, scaled)]
     assert losses[0] == pytest.approx(float(((hr - cond) ** 2).mean()), rel=1e-5)
     assert losses[1] == pytest.approx(100.0 * losses[0], rel=1e-5)

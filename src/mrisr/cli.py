@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 import mrisr
+from mrisr.config import ConfigError, SamplingOptions, section_defaults
 
 log = logging.getLogger("mrisr")
 
@@ -42,51 +44,65 @@ def _normalise(data: np.ndarray, brain: np.ndarray, percentile: float, path: str
     return out, scale
 
 
+# ``mrisr super-resolve`` option -> sampling config key; unset options take the schema's defaults.
+SAMPLING_OPTIONS = {
+    "sampler": "method", "steps": "steps", "eta": "eta", "start_t": "start_t", "n_samples": "n_samples",
+    "estimate": "estimate", "flip_ensemble": "flip_ensemble", "variance": "variance",
+    "data_consistency": "data_consistency", "patch_size": "patch_size", "overlap": "overlap", "seed": "seed",
+}
+
+
+def sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    """The sampling section the command's options give: the schema's defaults, overridden where set."""
+    given = {key: getattr(args, option) for option, key in SAMPLING_OPTIONS.items() if getattr(args, option) is not None}
+    try:
+        return SamplingOptions.from_mapping(given)
+    except ConfigError as err:  # name the command's options, not the config's keys
+        message = str(err)
+        for option, key in SAMPLING_OPTIONS.items():
+            message = re.sub(rf"\bsampling\.{key}\b", "--" + option.replace("_", "-"), message)
+        raise InputError(message) from None
+
+
+def _load_scan(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T1 with everything outside the brain removed, its brain mask, its affine); checked."""
+    from mrisr.io import check_contrast, check_same_grid, load_volume
+
+    data, affine = load_volume(args.input)
+    check_contrast(data, args.input)
+    if not args.mask:
+        return data, data > 0, affine
+    mask, mask_affine = load_volume(args.mask)
+    check_same_grid(mask, mask_affine, args.mask, data, affine, args.input)
+    brain = mask > 0
+    if not brain.any():
+        raise InputError(f"{args.mask}: the brain mask is empty")
+    return np.where(brain, data, 0.0), brain, affine
+
+
 def super_resolve_scan(args: argparse.Namespace) -> None:
     """Everything ``mrisr super-resolve`` does; raises on bad input before writing anything."""
     from mrisr.data.degrade import upsample_affine
+    from mrisr.device import pick_device
     from mrisr.inference import load_cascade, super_resolve
-    from mrisr.io import check_contrast, check_voxel_size, load_volume, save_volume
-    from mrisr.training import pick_device
+    from mrisr.io import check_voxel_size, save_volume
 
-    if args.sd and args.n_samples < 2:
+    options = sampling_options(args)
+    if args.sd and options.n_samples < 2:
         raise InputError("--sd needs --n-samples of 2 or more")
-    if args.start_t is not None and args.estimate == "posterior_mean":
-        raise InputError("--start-t needs --estimate sample_mean (the posterior mean is predicted from pure noise)")
     for path in (args.output, args.sd):
         if path and not str(path).endswith((".nii", ".nii.gz")):
             raise InputError(f"{path}: output names must end in .nii or .nii.gz")
-    data, affine = load_volume(args.input)
-    check_contrast(data, args.input)
-    if args.mask:
-        mask, mask_affine = load_volume(args.mask)
-        if mask.shape != data.shape or not np.allclose(mask_affine, affine, atol=1e-3):
-            raise InputError(f"{args.mask}: mask grid {mask.shape} does not match {args.input} {data.shape}")
-        brain = mask > 0
-        if not brain.any():
-            raise InputError(f"{args.mask}: the brain mask is empty")
-        data = np.where(brain, data, 0.0)
-    else:
-        brain = data > 0
+    data, brain, affine = _load_scan(args)
     normalised, scale = _normalise(data, brain, args.percentile, args.input)
 
-    device = pick_device(args.device)
-    stages = load_cascade(args.model, device)
+    stages = load_cascade(args.model, pick_device(args.device))
     trained = stages[0].config.get("data", {}).get("lr_voxel_size_mm")
     if trained is not None:
         warning = check_voxel_size(affine, np.asarray(trained), args.input)
         if warning:
             print(f"mrisr: warning: {warning}", file=sys.stderr)
-    sampling = {
-        "method": args.sampler, "steps": args.steps, "eta": args.eta,
-        "patch_size": args.patch_size, "overlap": args.overlap, "batch_size": 1,
-        "start_t": args.start_t, "n_samples": args.n_samples, "data_consistency": args.data_consistency,
-        "estimate": args.estimate, "flip_ensemble": args.flip_ensemble, "variance": args.variance,
-    }
-    outputs = super_resolve(
-        normalised, stages, sampling, seed=args.seed, log=log.info,
-        progress=None if args.quiet else _progress,
-    )
+    outputs = super_resolve(normalised, stages, options, log=log.info, progress=None if args.quiet else _progress)
     final = outputs[-1]
     factor = final.mean.shape[0] // data.shape[0]
     out_affine = upsample_affine(affine, factor)
@@ -125,24 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--mask", help="brain mask on the input's grid; voxels outside it are removed")
     sr.add_argument("--percentile", type=float, default=99.5,
                     help="brain intensity percentile mapped to 1, as in the workflow (default 99.5)")
-    sr.add_argument("--sampler", choices=("ddim", "ancestral"), default="ddim")
-    sr.add_argument("--steps", type=int, default=10, help="reverse steps (default 10)")
-    sr.add_argument("--eta", type=float, default=0.0, help="DDIM eta, 0 = deterministic (default 0)")
-    sr.add_argument("--start-t", type=int, default=None, help="truncate the reverse process at this t (default: T)")
-    sr.add_argument("--n-samples", type=int, default=1, help="samples drawn (default 1)")
-    sr.add_argument("--estimate", choices=("posterior_mean", "sample_mean"), default="posterior_mean",
+    d = section_defaults("sampling")
+    sr.add_argument("--sampler", choices=("ddim", "ancestral"), help=f"reverse process (default {d['method']})")
+    sr.add_argument("--steps", type=int, help=f"reverse steps (default {d['steps']})")
+    sr.add_argument("--eta", type=float, help=f"DDIM eta, 0 = deterministic (default {d['eta']})")
+    sr.add_argument("--start-t", type=int, help="truncate the reverse process at this t (default: T); "
+                                                "needs --estimate sample_mean")
+    sr.add_argument("--n-samples", type=int, help=f"samples drawn (default {d['n_samples']})")
+    sr.add_argument("--estimate", choices=("posterior_mean", "sample_mean"),
                     help="the output: the posterior-mean estimate E[x0 | LR] (x0 prediction from pure noise; "
-                         "highest expected PSNR), or the mean of the samples (default posterior_mean)")
-    sr.add_argument("--flip-ensemble", action="store_true",
+                         f"highest expected PSNR), or the mean of the samples (default {d['estimate']})")
+    sr.add_argument("--flip-ensemble", action="store_true", default=None,
                     help="draw sample k in the k-th of the 8 mirrorings of the input and mirror it back")
-    sr.add_argument("--variance", choices=("posterior", "analytic"), default="posterior",
+    sr.add_argument("--variance", choices=("posterior", "analytic"),
                     help="reverse-step noise: the sampler's own, or plus the x0 prediction's error stored in "
-                         "the checkpoint (Analytic-DPM; few steps spread like 1000) (default posterior)")
+                         f"the checkpoint (Analytic-DPM; few steps spread like 1000) (default {d['variance']})")
     sr.add_argument("--sd", help="also write the samples' per-voxel standard deviation (needs --n-samples >= 2)")
-    sr.add_argument("--data-consistency", type=int, default=0, help="back-projection iterations (default 0)")
-    sr.add_argument("--patch-size", type=int, default=96, help="inference patch side (default 96)")
-    sr.add_argument("--overlap", type=float, default=0.25, help="patch overlap fraction (default 0.25)")
-    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--data-consistency", type=int,
+                    help=f"back-projection iterations (default {d['data_consistency']})")
+    sr.add_argument("--patch-size", type=int, help=f"inference patch side (default {d['patch_size']})")
+    sr.add_argument("--overlap", type=float, help=f"patch overlap fraction (default {d['overlap']})")
+    sr.add_argument("--seed", type=int, help=f"seed of the sampling noise (default {d['seed']})")
     sr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     sr.add_argument("--quiet", action="store_true", help="no progress bar")
     sr.set_defaults(func=_super_resolve)

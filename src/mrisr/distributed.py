@@ -11,27 +11,21 @@ excepted: its masks come from each worker's own generator), and a run
 interrupted on N GPUs can resume on M.
 
 Without CUDA the workers run on the CPU with the gloo backend, which is how the
-tests exercise this code. ``launch`` is called by ``mrisr.pipeline.train`` in
-the job's process; ``python -m mrisr.distributed SPEC`` is each worker.
+tests exercise this code. The workers are started by
+``mrisr.training.ddp.launch``; this module is what they share with a
+single-process run: ``World``, a process's place among them.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger("mrisr")
+from mrisr.device import pick_device
 
 
 def requested_gpus(resources: Mapping[str, object]) -> int:
@@ -88,8 +82,6 @@ class World:
 
 def init_world(device: str = "auto") -> World:
     """Join the process group torchrun set up (env://); NCCL on CUDA, gloo on the CPU."""
-    from mrisr.training import pick_device
-
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     dev = pick_device(device)
@@ -102,78 +94,3 @@ def init_world(device: str = "auto") -> World:
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=size)
     return World(rank=rank, size=size, device=dev)
-
-
-def launch(nproc: int, train_kwargs: Mapping, log_file: str | None, threads: int = 1) -> None:
-    """Run ``mrisr.pipeline.train(**train_kwargs)`` in ``nproc`` torchrun workers and wait.
-
-    SIGTERM, SIGUSR1 and SIGINT received here are passed to torchrun as
-    SIGTERM, which passes them to the workers; they save a resume checkpoint
-    and stop, and this raises ``TrainingInterrupted``. Any other failure
-    raises ``RuntimeError``.
-    """
-    from mrisr.resume import STOP_SIGNALS, TrainingInterrupted, default_resume_path
-
-    spec = {"train": dict(train_kwargs), "log_file": log_file, "threads": max(1, threads // nproc)}
-    out_dir = Path(train_kwargs["out_checkpoint"]).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, spec_path = tempfile.mkstemp(prefix=".train_spec.", suffix=".json", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(spec, fh)
-    src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "mrisr.distributed", spec_path]
-    log.info("starting %d training workers: %s", nproc, " ".join(cmd))
-    received: list[str] = []
-    proc = subprocess.Popen(cmd, env=env)
-
-    def forward(signum: int, frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
-    try:
-        code = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        Path(spec_path).unlink(missing_ok=True)
-    if code != 0:
-        resume = Path(train_kwargs.get("resume_path") or default_resume_path(train_kwargs["out_checkpoint"]))
-        if received:
-            raise TrainingInterrupted(None, resume, received[0])
-        raise RuntimeError(f"torchrun with {nproc} training workers exited with status {code}")
-
-
-def _worker(spec_path: str) -> int:
-    from mrisr.pipeline import train
-    from mrisr.resume import TrainingInterrupted
-
-    spec = json.loads(Path(spec_path).read_text())
-    world = init_world(spec["train"]["config"].get("device", "auto"))
-    torch.set_num_threads(int(spec["threads"]))
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if world.is_main and spec["log_file"]:
-        handlers.append(logging.FileHandler(spec["log_file"], mode="a"))
-    logging.basicConfig(
-        level=logging.INFO if world.is_main else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s [rank {world.rank}/{world.size} {world.device}] %(message)s",
-        handlers=handlers, force=True,
-    )
-    try:
-        train(**spec["train"], world=world)
-    except TrainingInterrupted as err:
-        log.warning("%s", err)
-        return 75  # EX_TEMPFAIL: try again
-    except Exception:
-        log.exception("training worker %d failed", world.rank)
-        return 1
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))

@@ -10,13 +10,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from mrisr.config import SamplingOptions
 from mrisr.data.degrade import downsample, upsample
-from mrisr.diffusion import analytic, parameterization
+from mrisr.device import autocast, pick_device
+from mrisr.diffusion import analytic
 from mrisr.diffusion.cascade import run_cascade
 from mrisr.diffusion.nets import UNet, unet_from_config
-from mrisr.diffusion.sampler import sample, sliding_window, start_from
-from mrisr.diffusion.schedule import NoiseSchedule, make_schedule, spaced_timesteps
-from mrisr.training import autocast, pick_device
+from mrisr.diffusion.parameterization import Parameterization
+from mrisr.diffusion.sampler import prior_sample, sample, sliding_window, start_from
+from mrisr.diffusion.schedule import NoiseSchedule, full_schedule, sampling_schedule
 
 
 class CheckpointError(ValueError):
@@ -32,6 +34,7 @@ class Stage:
     stage: int
     factor: int
     path: Path
+    param: Parameterization  # what the network's output means (the config's diffusion section)
     x0_mse: dict | None = None  # the x0 prediction's error by timestep (mrisr.diffusion.analytic)
 
 
@@ -55,7 +58,7 @@ def load_stage(path: str | Path, device: torch.device) -> Stage:
         raise CheckpointError(f"{path}: weights do not fit the model in its config ({err})") from None
     factor = int(config["cascade"]["factors"][stage])
     return Stage(model=model.to(device).eval(), config=config, stage=stage, factor=factor, path=path,
-                 x0_mse=payload.get("x0_mse"))
+                 param=Parameterization.from_diffusion(config["diffusion"]), x0_mse=payload.get("x0_mse"))
 
 
 def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -68,27 +71,6 @@ def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray,
         pads.append((before, target - side - before))
         crop.append(slice(before, before + side))
     return np.pad(volume, pads, mode="edge"), tuple(crop)
-
-
-def full_schedule(config: dict) -> NoiseSchedule:
-    """The T-step schedule the stage was trained with."""
-    d = config["diffusion"]
-    return make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))
-
-
-def sampling_schedule(config: dict, sampling: dict) -> NoiseSchedule:
-    """The schedule the sampler walks: the full one (ancestral over all T steps) or a respaced one.
-
-    ``sampling["steps"]`` steps are spread over [1, start_t] (t = T unless
-    ``sampling["start_t"]`` truncates the reverse process).
-    """
-    full = full_schedule(config)
-    start_t = sampling.get("start_t")
-    t_max = full.num_timesteps - 1 if start_t is None else int(start_t) - 1
-    steps = int(sampling["steps"])
-    if sampling["method"] == "ancestral" and steps >= full.num_timesteps and start_t is None:
-        return full
-    return full.respace(spaced_timesteps(full.num_timesteps, min(steps, t_max + 1), t_max))
 
 
 @dataclass
@@ -111,32 +93,88 @@ def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, or
 
 
 FLIPS = tuple(tuple(d for d in range(3) if k >> d & 1) for k in range(8))  # the 8 mirrorings of a volume
-ESTIMATES = ("sample_mean", "posterior_mean")
-VARIANCES = ("posterior", "analytic")
+@dataclass(frozen=True)
+class _StageSampler:
+    """One stage's reverse process under given sampling options: schedule, noise, network calls."""
 
+    stage: Stage
+    options: SamplingOptions
+    schedule: NoiseSchedule
+    x0_var: np.ndarray | None
+    device: torch.device
 
-def steps_run(sampling: dict) -> dict:
-    """``sampling`` as it will run: with the posterior-mean estimate and one
-    sample only the first reverse step's x0 prediction is kept, so only that
-    step runs (the later ones would change nothing)."""
-    if sampling.get("estimate", "sample_mean") == "posterior_mean" and int(sampling.get("n_samples", 1)) == 1:
-        return {**sampling, "steps": 1}
-    return sampling
+    @classmethod
+    def build(cls, stage: Stage, options: SamplingOptions) -> "_StageSampler":
+        diffusion = stage.config["diffusion"]
+        schedule = sampling_schedule(diffusion, options)
+        x0_var = None
+        if options.variance == "analytic":
+            if stage.x0_mse is None:
+                raise CheckpointError(f"{stage.path}: holds no x0 error table (x0_mse), which sampling.variance "
+                                      "'analytic' needs; retrain the stage with this version, or use 'posterior'")
+            x0_var = analytic.x0_var_on(full_schedule(diffusion), schedule, stage.x0_mse)
+        return cls(stage, options, schedule, x0_var, next(stage.model.parameters()).device)
+
+    def denoiser(self, cond: torch.Tensor, first: list[torch.Tensor]) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """x_t -> x0_hat over the whole volume, from overlapping patches; keeps the first step's x0_hat in ``first``."""
+        model, options, device = self.stage.model, self.options, self.device
+
+        @torch.no_grad()
+        def denoise(xt: torch.Tensor, i: int) -> torch.Tensor:
+            t_model = int(self.schedule.timestep_map[i])
+
+            def predict(batch: torch.Tensor) -> torch.Tensor:
+                t = torch.full((batch.shape[0],), t_model, dtype=torch.long, device=device)
+                with autocast(device):
+                    return model(batch[:, :1], batch[:, 1:], t)
+
+            raw = sliding_window(predict, torch.cat([xt, cond], dim=1), options.patch_size,
+                                 options.overlap, options.batch_size)
+            t = torch.full((1,), i, dtype=torch.long, device=device)
+            x0 = self.stage.param.x0_estimate(self.schedule, xt, t, raw)
+            if not first:
+                first.append(x0)
+            return x0
+
+        return denoise
+
+    def draw(
+        self, padded: np.ndarray, crop: tuple[slice, ...], axes: tuple[int, ...],
+        generator: torch.Generator, progress: Callable[[int, int], None] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One sample of the stage's output on the volume mirrored by ``axes``, and its
+        first-step x0 prediction (the posterior-mean estimate), both mirrored back and cropped."""
+        param = self.stage.param
+        cond = torch.from_numpy(np.ascontiguousarray(np.flip(padded, axes)))[None, None].to(self.device)
+        first: list[torch.Tensor] = []
+
+        def to_image(x0: torch.Tensor) -> np.ndarray:
+            out = param.from_diffusion_space(x0, cond)
+            return np.clip(np.flip(out[0, 0].float().cpu().numpy(), axes)[crop], 0.0, 1.0)
+
+        if self.options.start_t is not None:  # from the condition itself: x0 = 0 residual, or the spline image
+            x_start = start_from(self.schedule, param.to_diffusion_space(cond, cond), generator)
+        else:
+            x_start = prior_sample(self.schedule, cond.shape, generator, self.device)
+        x0 = sample(
+            self.denoiser(cond, first), self.schedule, x_start, method=self.options.method,
+            eta=float(self.options.eta), generator=generator, progress=progress, x0_var=self.x0_var,
+        )
+        return to_image(x0), to_image(first[0])
 
 
 def super_resolve_stage(
     stage: Stage,
     volume: np.ndarray,
-    sampling: dict,
+    options: SamplingOptions,
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
 ) -> StageOutput:
     """Super-resolve ``volume`` by the stage's factor; float32 in [0, 1] on the finer grid.
 
-    Draws ``sampling["n_samples"]`` samples (default 1). The point estimate is
-    ``sampling["estimate"]``:
+    Draws ``options.n_samples`` samples. The point estimate is ``options.estimate``:
 
-    - ``sample_mean`` (default): the mean of the samples;
+    - ``sample_mean``: the mean of the samples;
     - ``posterior_mean``: the mean of the network's x0 predictions at the first
       reverse step, where x_T is pure noise, i.e. of estimates of E[x0 | LR]
       (the x0 prediction is trained with a squared loss, so at t = T it
@@ -145,92 +183,29 @@ def super_resolve_stage(
       squared error, and the mean of N samples (1 + 1/N) times.
 
     ``sd`` is the per-voxel standard deviation of the samples either way. With
-    ``sampling["flip_ensemble"]``, sample k is drawn on the volume mirrored by
-    the (k mod 8)-th of the 8 flips and mirrored back (for a model trained with
+    ``options.flip_ensemble``, sample k is drawn on the volume mirrored by the
+    (k mod 8)-th of the 8 flips and mirrored back (for a model trained with
     ``train.flip``), so the means also average over orientation (geometric
-    self-ensemble, Lim et al. 2017). ``sampling["data_consistency"]``
-    back-projection iterations (default 0) are applied to the point estimate.
+    self-ensemble, Lim et al. 2017). ``options.data_consistency``
+    back-projection iterations are applied to the point estimate.
 
-    ``sampling["variance"]`` is the reverse steps' noise: ``posterior``
-    (default) that of the sampler; ``analytic`` adds the x0 prediction's own
-    error, measured at the end of training and stored in the checkpoint
-    (Analytic-DPM, ``mrisr.diffusion.analytic``), so that few large steps
-    spread their samples as the 1000-step sampler does.
+    ``options.variance`` is the reverse steps' noise: ``posterior`` that of
+    the sampler; ``analytic`` adds the x0 prediction's own error, measured at
+    the end of training and stored in the checkpoint (Analytic-DPM,
+    ``mrisr.diffusion.analytic``), so that few large steps spread their
+    samples as the 1000-step sampler does.
     """
-    d = stage.config["diffusion"]
+    sampler = _StageSampler.build(stage, options)
     order = int(stage.config["degrade"]["order"])
-    prediction, target_kind = d["prediction"], d["target"]
-    estimate = sampling.get("estimate", "sample_mean")
-    if estimate not in ESTIMATES:
-        raise ValueError(f"sampling.estimate must be one of {', '.join(ESTIMATES)}, not {estimate!r}")
-    if estimate == "posterior_mean" and sampling.get("start_t") is not None:
-        raise ValueError("sampling.estimate 'posterior_mean' needs the reverse process to start from "
-                         "pure noise (sampling.start_t: null)")
-    variance = sampling.get("variance", "posterior")
-    if variance not in VARIANCES:
-        raise ValueError(f"sampling.variance must be one of {', '.join(VARIANCES)}, not {variance!r}")
-    if variance == "analytic" and stage.x0_mse is None:
-        raise CheckpointError(f"{stage.path}: holds no x0 error table (x0_mse), which sampling.variance "
-                              "'analytic' needs; retrain the stage with this version, or use 'posterior'")
-    device = next(stage.model.parameters()).device
     cond_np = upsample(volume, stage.factor, order)
-    patch = int(sampling["patch_size"])
-    padded, crop = _pad_to(cond_np, min(patch, max(cond_np.shape)), stage.model.divisor)
-    n_samples = int(sampling.get("n_samples", 1))
-    sampling = steps_run(sampling)
-    schedule = sampling_schedule(stage.config, sampling)
-    x0_var = analytic.x0_var_on(full_schedule(stage.config), schedule, stage.x0_mse) if variance == "analytic" else None
-    truncated = sampling.get("start_t") is not None
-    scale = parameterization.residual_scale(d)
-    sigma_d = parameterization.sigma_data(d)
-    lo, hi = parameterization.x0_range(target_kind, scale)
-    flips = FLIPS if sampling.get("flip_ensemble", False) else ((),)
-
-    samples, first_estimates = [], []
-    for k in range(n_samples):
-        axes = flips[k % len(flips)]
-        cond = torch.from_numpy(np.ascontiguousarray(np.flip(padded, axes)))[None, None].to(device)
-        first: list[torch.Tensor] = []
-
-        @torch.no_grad()
-        def denoise(xt: torch.Tensor, i: int) -> torch.Tensor:
-            t_model = int(schedule.timestep_map[i])
-
-            def predict(batch: torch.Tensor) -> torch.Tensor:
-                t = torch.full((batch.shape[0],), t_model, dtype=torch.long, device=device)
-                with autocast(device):
-                    return stage.model(batch[:, :1], batch[:, 1:], t)
-
-            raw = sliding_window(
-                predict, torch.cat([xt, cond], dim=1), patch,
-                float(sampling["overlap"]), int(sampling["batch_size"]),
-            )
-            t = torch.full((1,), i, dtype=torch.long, device=device)
-            x0 = parameterization.output_to_x0(prediction, schedule, xt, t, raw, sigma_d).clamp(lo, hi)
-            if not first:
-                first.append(x0)
-            return x0
-
-        def to_image(x0: torch.Tensor) -> np.ndarray:
-            out = parameterization.from_diffusion_space(target_kind, x0, cond, scale)
-            return np.clip(np.flip(out[0, 0].float().cpu().numpy(), axes)[crop], 0.0, 1.0)
-
-        x_start = None
-        if truncated:  # start from the condition itself: x0 = 0 residual, or the spline image
-            x0_init = parameterization.to_diffusion_space(target_kind, cond, cond, scale)
-            x_start = start_from(schedule, x0_init, generator)
-        x0 = sample(
-            denoise, schedule, cond.shape, method=sampling["method"], eta=float(sampling["eta"]),
-            generator=generator, device=device, x_start=x_start, progress=progress, x0_var=x0_var,
-        )
-        samples.append(to_image(x0))
-        first_estimates.append(to_image(first[0]))
-    stack = np.stack(samples)
-    mean = (stack if estimate == "sample_mean" else np.stack(first_estimates)).mean(axis=0)
-    iterations = int(sampling.get("data_consistency", 0))
-    if iterations:
-        mean = data_consistency(mean, volume, stage.factor, order, iterations)
-    sd = stack.std(axis=0).astype(np.float32) if len(samples) > 1 else None
+    padded, crop = _pad_to(cond_np, min(options.patch_size, max(cond_np.shape)), stage.model.divisor)
+    flips = FLIPS if options.flip_ensemble else ((),)
+    draws = [sampler.draw(padded, crop, flips[k % len(flips)], generator, progress) for k in range(options.n_samples)]
+    samples = np.stack([d[0] for d in draws])
+    mean = (samples if options.estimate == "sample_mean" else np.stack([d[1] for d in draws])).mean(axis=0)
+    if options.data_consistency:
+        mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency)
+    sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 else None
     return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd)
 
 
@@ -248,8 +223,7 @@ def load_cascade(checkpoints: Sequence[str | Path], device: torch.device) -> lis
 def super_resolve(
     lr: np.ndarray,
     checkpoints: Sequence[str | Path] | Sequence[Stage],
-    sampling: dict,
-    seed: int = 0,
+    options: SamplingOptions,
     device: str = "auto",
     log: Callable[[str], None] = print,
     progress: Callable[[int, int, int, int], None] | None = None,
@@ -257,28 +231,26 @@ def super_resolve(
     """Run the whole cascade on an LR volume; returns every stage's output, the last being SR.
 
     ``checkpoints`` are paths (loaded with ``load_cascade``) or loaded stages.
-    Each stage conditions on the previous stage's mean. ``progress(stage,
-    n_stages, step, n_steps)`` is called after every reverse step.
+    Each stage conditions on the previous stage's mean; the noise comes from
+    one generator seeded with ``options.seed``. ``progress(stage, n_stages,
+    step, n_steps)`` is called after every reverse step.
     """
     if checkpoints and isinstance(checkpoints[0], Stage):
         stages = list(checkpoints)
     else:
         stages = load_cascade(checkpoints, pick_device(device))
     dev = next(stages[0].model.parameters()).device
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(options.seed))
     outputs: list[StageOutput] = []
 
     def runner(stage: Stage) -> Callable[[np.ndarray], np.ndarray]:
         def run(volume: np.ndarray) -> np.ndarray:
-            run_as = steps_run(sampling)
-            log(f"stage {stage.stage}: x{stage.factor}, {volume.shape} -> {tuple(s * stage.factor for s in volume.shape)}, "
-                f"{run_as['method']} {run_as['steps']} step(s), {run_as.get('n_samples', 1)} sample(s), "
-                f"{run_as.get('estimate', 'sample_mean')}{' over flips' if run_as.get('flip_ensemble') else ''}, "
-                f"{run_as.get('variance', 'posterior')} variance on {dev}")
+            fine = tuple(s * stage.factor for s in volume.shape)
+            log(f"stage {stage.stage}: x{stage.factor}, {volume.shape} -> {fine}, {options.describe()} on {dev}")
             step_progress = None
             if progress is not None:
                 step_progress = lambda i, n: progress(stage.stage, len(stages), i, n)  # noqa: E731
-            outputs.append(super_resolve_stage(stage, volume, sampling, generator, step_progress))
+            outputs.append(super_resolve_stage(stage, volume, options, generator, step_progress))
             return outputs[-1].mean
         return run
 

@@ -10,11 +10,12 @@ errors that name the file.
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -46,6 +47,16 @@ def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         bad = int((~np.isfinite(data)).sum())
         raise VolumeError(f"{path}: {bad} voxels are NaN or infinite")
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def check_same_grid(
+    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
+    reference: np.ndarray, reference_affine: np.ndarray, reference_path: str | os.PathLike,
+) -> None:
+    """Raise ``VolumeError`` unless ``path``'s volume lies on the grid of ``reference_path``'s
+    (same shape, affines equal within 1e-3 mm): a mask, or an estimate scored against its HR."""
+    if data.shape != reference.shape or not np.allclose(affine, reference_affine, atol=1e-3):
+        raise VolumeError(f"{path}: grid {data.shape} does not match the grid {reference.shape} of {reference_path}")
 
 
 def check_contrast(data: np.ndarray, path: str | os.PathLike) -> None:
@@ -98,6 +109,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_tsv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Write a tab-separated table with a header row, atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
 
 
 def _umask() -> int:

@@ -12,10 +12,17 @@ metrics use ``DATA_RANGE`` = 1 and predictions are clipped to [0, 1] first.
 
 from __future__ import annotations
 
+import csv
+import os
+from typing import Mapping, Sequence
+
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from mrisr.io import write_tsv
+
 DATA_RANGE = 1.0
+METRIC_COLUMNS = ("subject", "method", "psnr", "ssim", "data_range")
 
 
 def _prepare(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,4 +87,22 @@ def error_vs_uncertainty(
             "mae": float(np.mean(np.abs(err[chunk]))),
             "voxels": int(len(chunk)),
         })
+    return rows
+
+
+def write_metrics(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    """A metrics table (``METRIC_COLUMNS``), floats to 6 decimals, written atomically."""
+    def cell(value: object) -> object:
+        return f"{value:.6f}" if isinstance(value, float) else value
+
+    write_tsv(path, METRIC_COLUMNS, [[cell(row[k]) for k in METRIC_COLUMNS] for row in rows])
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """A metrics table as dicts, with psnr, ssim and data_range as floats."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    for row in rows:
+        for key in ("psnr", "ssim", "data_range"):
+            row[key] = float(row[key])
     return rows

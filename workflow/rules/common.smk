@@ -1,14 +1,18 @@
 # Helpers shared by all stages: the subject list, the split, the cascade.
-# The workflow imports its core package from this checkout's src/, so the
-# rules and the scripts always run the code they were written against.
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The workflow imports its core package from this checkout's src/, as every
+# job's script does, so the rules and the scripts always run the code they
+# were written against: importing workflow/scripts/_adapter.py (the one place
+# that knows where src/ is) puts it on the path, here as in each script.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+import _adapter  # noqa: E402,F401
 
-from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.compare import compare_configs, model_config
+from mrisr.config import SamplingOptions
+from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
 
@@ -49,7 +53,8 @@ def canonical(value):
 
 # The part of the config a trained model depends on; a change re-runs training.
 MODEL_CONFIG = canonical(model_config(config))
-SAMPLING = canonical(config["sampling"])
+# Validated once here, so a bad combination fails before any job runs.
+SAMPLING = canonical(SamplingOptions.from_mapping(config["sampling"]).to_dict())
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.
 COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
@@ -126,6 +131,11 @@ def all_checkpoints(wildcards):
 
 def all_train_logs(wildcards):
     return expand(rules.train_stage.output.log_tsv, stage=STAGES)
+
+
+def compare_train_logs():
+    """{name: the compared model's train logs, one per stage}."""
+    return {name: expand(rules.train_compare.output.log_tsv, name=name, stage=STAGES) for name in COMPARE}
 
 
 def compare_checkpoints(wildcards):

@@ -46,6 +46,7 @@ rule report:
         panels=expand(rules.plot_slices.output.panels, subject=TEST_SUBJECTS),
         sweeps=expand(rules.plot_slices.output.sweep, subject=TEST_SUBJECTS),
         calibration=expand(EVAL_OUTPUTS.get("calibration", []), subject=TEST_SUBJECTS),
+        compare_logs=[log for logs in compare_train_logs().values() for log in logs],
     output:
         html=report(
             "results/report/index.html",
@@ -80,6 +81,7 @@ rule report:
     params:
         config=config,
         subjects=TEST_SUBJECTS,
+        compare_logs=compare_train_logs(),
     log:
         "results/logs/report.log",
     benchmark:

@@ -1,8 +1,10 @@
 from _adapter import run_stage
 
+from mrisr.pipeline import evaluate
+
 run_stage(
     snakemake,
-    "evaluate",
+    evaluate,
     subject=snakemake.wildcards.subject,
     hr_path=snakemake.input.hr,
     mask_path=snakemake.input.mask,

@@ -1,16 +1,17 @@
 from _adapter import run_stage
 
+from mrisr.data.local import LocalScan
+from mrisr.pipeline import fetch
+
 # Transfer settings (credentials profile, endpoint, retries, timeouts) are read
 # from the config rather than params: changing them must not re-fetch anything.
-source = snakemake.params.source
+t1 = snakemake.input.get("t1")
 run_stage(
     snakemake,
-    "fetch",
+    fetch,
     subject=snakemake.wildcards.subject,
-    source=source,
+    config=snakemake.config,
     out_t1=snakemake.output.t1,
     out_mask=snakemake.output.get("mask"),
-    settings=dict(snakemake.config.get(source, {})),
-    local_t1=snakemake.input.get("t1"),
-    local_mask=snakemake.input.get("mask"),
+    scan=LocalScan(t1, snakemake.input.get("mask")) if t1 else None,
 )

@@ -1,8 +1,10 @@
 from _adapter import run_stage
 
+from mrisr.pipeline import make_lr
+
 run_stage(
     snakemake,
-    "make_lr",
+    make_lr,
     hr_path=snakemake.input.hr,
     out_path=snakemake.output.lr,
     factor=int(snakemake.wildcards.factor),

@@ -1,8 +1,10 @@
 from _adapter import run_stage
 
+from mrisr.pipeline import plot_slices
+
 run_stage(
     snakemake,
-    "plot_slices",
+    plot_slices,
     subject=snakemake.wildcards.subject,
     lr_path=snakemake.input.lr[0],
     spline_path=snakemake.input.spline,

@@ -2,19 +2,26 @@ from pathlib import Path
 
 from _adapter import run_stage
 
-run_stage(
-    snakemake,
-    "report",
-    metrics_path=snakemake.input.metrics,
-    splits_path=snakemake.input.splits,
+from mrisr.pipeline import report
+from mrisr.report import ReportInputs, ReportOutputs
+
+inputs = ReportInputs(
+    metrics=snakemake.input.metrics,
+    splits=snakemake.input.splits,
     config=dict(snakemake.params.config),
     train_logs=list(snakemake.input.train_logs),
-    benchmark_files=list(snakemake.input.benchmarks),
-    calibration_files=list(snakemake.input.calibration),
-    slice_files={
+    benchmarks=list(snakemake.input.benchmarks),
+    slices={
         subject: (panels, sweep)
         for subject, panels, sweep in zip(snakemake.params.subjects, snakemake.input.panels, snakemake.input.sweeps)
     },
-    outputs={key: snakemake.output[key] for key in snakemake.output.keys()},
+    calibration=list(snakemake.input.calibration),
+    compare_logs=dict(snakemake.params.compare_logs),
     repo_dir=str(Path(snakemake.scriptdir).resolve().parents[1]),
+)
+run_stage(
+    snakemake,
+    report,
+    inputs=inputs,
+    outputs=ReportOutputs(**{key: snakemake.output[key] for key in snakemake.output.keys()}),
 )

@@ -1,8 +1,10 @@
 from _adapter import run_stage
 
+from mrisr.pipeline import skullstrip
+
 run_stage(
     snakemake,
-    "skullstrip",
+    skullstrip,
     raw_t1=snakemake.input.t1,
     raw_mask=snakemake.input.get("mask"),  # absent when the source ships none: estimated
     out_t1=snakemake.output.t1,

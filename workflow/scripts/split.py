@@ -1,8 +1,10 @@
 from _adapter import run_stage
 
+from mrisr.pipeline import split
+
 run_stage(
     snakemake,
-    "split",
+    split,
     subjects=list(snakemake.params.subjects),
     seed=snakemake.params.seed,
     val_fraction=snakemake.params.val_fraction,

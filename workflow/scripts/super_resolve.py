@@ -1,12 +1,14 @@
 from _adapter import run_stage
 
+from mrisr.config import SamplingOptions
+from mrisr.pipeline import super_resolve
+
 run_stage(
     snakemake,
-    "super_resolve",
+    super_resolve,
     lr_path=snakemake.input.lr[0],
     checkpoints=list(snakemake.input.checkpoints),
-    sampling=dict(snakemake.params.sampling),
-    seed=snakemake.params.sampling["seed"],
+    sampling=SamplingOptions.from_mapping(snakemake.params.sampling),
     out_sr=snakemake.output.sr,
     out_stages=list(snakemake.output.stages),
     device=snakemake.params.device,

@@ -3,6 +3,8 @@ from pathlib import Path
 from _adapter import run_stage
 
 from mrisr.distributed import requested_gpus
+from mrisr.pipeline import train
+from mrisr.training import StageRun, TrainJob
 
 
 def by_subject(paths):
@@ -14,20 +16,26 @@ def by_subject(paths):
 # number of DDP workers; without a GPU request training runs in this process.
 # Neither it nor train.checkpoint_every is a rule parameter: they do not
 # change the trained model, so changing them re-runs nothing.
-run_stage(
-    snakemake,
-    "train",
-    hr_paths=by_subject(snakemake.input.hr),
-    lr_paths=by_subject(snakemake.input.lr),
-    mask_paths=by_subject(snakemake.input.mask),
-    splits_path=snakemake.input.splits,
+run = StageRun(
     config={**snakemake.params.config, "device": snakemake.params.device},
     stage=snakemake.params.stage,
-    out_checkpoint=snakemake.output.checkpoint,
-    out_log=snakemake.output.log_tsv,
-    out_plot=snakemake.output.plot,
-    resume_path=snakemake.params.resume,
+    checkpoint=snakemake.output.checkpoint,
+    log_tsv=snakemake.output.log_tsv,
+    resume=snakemake.params.resume,
     checkpoint_every=snakemake.config["train"]["checkpoint_every"],
+)
+job = TrainJob(
+    run=run,
+    splits=snakemake.input.splits,
+    hr=by_subject(snakemake.input.hr),
+    lr=by_subject(snakemake.input.lr),
+    mask=by_subject(snakemake.input.mask),
+)
+run_stage(
+    snakemake,
+    train,
+    job=job,
+    out_plot=snakemake.output.plot,
     nproc=max(1, requested_gpus(snakemake.resources)),
     threads=snakemake.threads,
     log_file=snakemake.log[0],

@@ -1,7 +1,7 @@
 """Where subjects come from: one place that knows the data sources (``config["source"]``).
 
 The workflow plans its jobs with these functions (``workflow/rules/common.smk``)
-and ``pipeline.fetch`` fetches one subject from the same config.
+and ``fetch_subject`` fetches one subject from the same config.
 
 | source | subjects | ships a brain mask |
 |---|---|---|
@@ -12,10 +12,17 @@ and ``pipeline.fetch`` fetches one subject from the same config.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from typing import Any, Mapping
 
+import numpy as np
+
 from mrisr.data import hcp, local
-from mrisr.data.demo import demo_subject_ids
+from mrisr.data.demo import demo_subject_ids, demo_subject_index, make_demo_subject
+from mrisr.io import atomic_path, load_volume, save_volume
+
+log = logging.getLogger("mrisr")
 
 SOURCES: tuple[str, ...] = ("demo", "hcp", "local")
 # The grammar of each source's subject IDs, for the workflow's wildcard
@@ -75,3 +82,54 @@ def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     if source == "hcp":
         return {"bucket": config["hcp"]["bucket"], "prefix": config["hcp"]["prefix"]}
     return {}
+
+
+def fetch_subject(
+    subject: str, config: Mapping[str, Any], out_t1: str, out_mask: str | None = None,
+    scan: local.LocalScan | None = None,
+) -> None:
+    """Fetch one subject's raw T1 (and the source's brain mask, if ``out_mask``) from the configured source.
+
+    ``scan`` is a local subject's files (source local).
+    """
+    source = _source(config)
+    if source == "demo":
+        settings = config["demo"]
+        fetch_demo(subject, settings["seed"], settings["voxel_size_mm"], out_t1, out_mask)
+    elif source == "hcp":
+        outputs = {"t1": out_t1} | ({"mask": out_mask} if out_mask else {})
+        hcp.fetch_subject(subject, hcp.S3Settings.from_config(config["hcp"]), outputs)
+    else:
+        if scan is None:
+            raise ValueError(f"{subject}: source local needs the subject's T1 file")
+        copy_volume(scan.t1, out_t1)
+        if out_mask:
+            if scan.mask is None:
+                raise ValueError(f"{subject}: a mask output was asked for but the subject has no mask file")
+            copy_volume(scan.mask, out_mask)
+        log.info("%s: %s -> %s%s", subject, scan.t1, out_t1, f", mask {scan.mask}" if out_mask else "")
+
+
+def fetch_demo(subject: str, seed: int, voxel_size_mm: float, out_t1: str, out_mask: str | None) -> None:
+    """Synthesise one demo subject (``data.demo``) as raw T1 and brain mask NIfTIs."""
+    sub = make_demo_subject(demo_subject_index(subject), seed=seed, voxel_size_mm=voxel_size_mm)
+    if out_mask:
+        save_volume(out_mask, sub.mask, sub.affine, dtype=np.uint8)
+    save_volume(out_t1, sub.t1, sub.affine)
+    log.info("%s: demo subject %s, shape %s, %.1f mm", subject, out_t1, sub.t1.shape, voxel_size_mm)
+
+
+def copy_volume(src: str, dest: str) -> None:
+    """Copy a 3D NIfTI to ``dest`` (.nii.gz) atomically; the source is only read.
+
+    A .nii.gz file is copied byte for byte; a .nii file is rewritten
+    compressed with its header kept. Either way the volume is checked first.
+    """
+    import nibabel as nib
+
+    load_volume(src)  # a clear error naming the file if it is not a usable 3D NIfTI
+    with atomic_path(dest) as tmp:
+        if str(src).endswith(".nii.gz"):
+            shutil.copyfile(src, tmp)
+        else:
+            nib.save(nib.load(src), str(tmp))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from mrisr.io import write_tsv
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -45,15 +46,8 @@ def split_subjects(
 
 
 def write_splits(path: str | os.PathLike, assignment: dict[str, str]) -> None:
-    """Write ``subject<TAB>split`` rows with a header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["subject", "split"])
-        writer.writerows(sorted(assignment.items()))
-    os.replace(tmp, path)
+    """Write ``subject<TAB>split`` rows with a header, atomically."""
+    write_tsv(path, ["subject", "split"], sorted(assignment.items()))
 
 
 def read_splits(path: str | os.PathLike) -> dict[str, str]:

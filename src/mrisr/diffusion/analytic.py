@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mrisr.diffusion import parameterization
+from mrisr.diffusion.parameterization import Parameterization
 from mrisr.diffusion.schedule import NoiseSchedule, q_sample
 
 GRID_POINTS = 20
@@ -59,26 +59,21 @@ def bound(schedule: NoiseSchedule, timesteps: np.ndarray) -> np.ndarray:
 def measure_x0_error(
     model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     schedule: NoiseSchedule,
-    prediction: str,
-    target_kind: str,
+    param: Parameterization,
     cond: torch.Tensor,
     volume: torch.Tensor,
     unit_noise: torch.Tensor,
     timesteps: list[int],
-    scale: float = 1.0,
-    sigma_data: float = parameterization.SIGMA_DATA,
 ) -> list[float]:
     """Gamma_t at each of ``timesteps``: the mean squared error of the x0
     prediction (clamped to the x0 range, as the sampler clamps it) against x0,
     over the given patches, with ``unit_noise`` as the forward noise."""
-    x0 = parameterization.to_diffusion_space(target_kind, volume, cond, scale)
-    lo, hi = parameterization.x0_range(target_kind, scale)
+    x0 = param.to_diffusion_space(volume, cond)
     out = []
     for step in timesteps:
         t = torch.full((x0.shape[0],), int(step), dtype=torch.long, device=x0.device)
         xt = q_sample(schedule, x0, t, unit_noise)
-        raw = model(xt, cond, t).float()
-        x0_hat = parameterization.output_to_x0(prediction, schedule, xt, t, raw, sigma_data).clamp(lo, hi)
+        x0_hat = param.x0_estimate(schedule, xt, t, model(xt, cond, t).float())
         out.append(float((x0_hat - x0).square().mean()))
     return out
 

@@ -14,14 +14,22 @@ whole schedule is noise-dominated and the network's outputs are tiny next to
 the step size of Adam. Scaling it to the noise's size is the unit-variance
 scaling of latent diffusion (Rombach et al. 2022, sec. 3.3 / appendix G)
 applied to the residual.
+
+All four settings travel together as one ``Parameterization``, built once
+from the ``diffusion`` config section (``Parameterization.from_diffusion``)
+and used alike by training (``target``), sampling (``to_x0``) and the
+analytic variance: what the network's output means is decided in one place.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 
+from mrisr.config import section
 from mrisr.diffusion.schedule import (
     NoiseSchedule,
     extract,
@@ -30,41 +38,10 @@ from mrisr.diffusion.schedule import (
     v_target,
 )
 
+Prediction = Literal["eps", "x0", "v", "edm"]
+Target = Literal["residual", "image"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "edm")
 TARGETS: tuple[str, ...] = ("residual", "image")
-SIGMA_DATA = 0.05  # diffusion.sigma_data's default (config/config.schema.yaml)
-
-
-def check(prediction: str, target: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; allowed: {', '.join(TARGETS)}")
-
-
-def to_diffusion_space(target: str, volume: torch.Tensor, cond: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """x_0 for a ground-truth volume: the volume, or ``scale`` times its residual over the condition."""
-    return scale * (volume - cond) if target == "residual" else volume
-
-
-def from_diffusion_space(target: str, x0: torch.Tensor, cond: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """The volume an x_0 stands for (inverse of ``to_diffusion_space``)."""
-    return cond + x0 / scale if target == "residual" else x0
-
-
-def x0_range(target: str, scale: float = 1.0) -> tuple[float, float]:
-    """Where x_0 can lie for volumes normalised to [0, 1]; sampled x0_hat is clipped to it."""
-    return (-scale, scale) if target == "residual" else (0.0, 1.0)
-
-
-def residual_scale(diffusion: dict) -> float:
-    """The configured residual scale (1 where the config predates it or diffuses the image)."""
-    return float(diffusion.get("residual_scale", 1.0)) if diffusion.get("target") == "residual" else 1.0
-
-
-def sigma_data(diffusion: dict) -> float:
-    """The configured sd of x_0 for the ``edm`` preconditioning (diffusion.sigma_data)."""
-    return float(diffusion.get("sigma_data", SIGMA_DATA))
 
 
 def edm_coefficients(
@@ -87,36 +64,86 @@ def edm_coefficients(
     return abar.sqrt(), c_skip, c_out
 
 
-def regression_target(
-    prediction: str, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, unit_noise: torch.Tensor,
-    sigma_data: float = SIGMA_DATA,
-) -> torch.Tensor:
-    """What the network is trained to output for (x_0, t, noise)."""
-    if prediction == "eps":
-        return unit_noise
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        return v_target(schedule, x0, t, unit_noise)
-    if prediction == "edm":
-        sqrt_abar, c_skip, c_out = edm_coefficients(schedule, t, x0.ndim, sigma_data)
-        u = x0 + ((1.0 - sqrt_abar**2).sqrt() / sqrt_abar) * math.sqrt(schedule.noise_var) * unit_noise
-        return (x0 - c_skip * u) / c_out
-    raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+# For each prediction: (the training target for (x_0, t, unit noise), the x_0 an output implies at (x_t, t)).
+_Target = Callable[[NoiseSchedule, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+_ToX0 = Callable[[NoiseSchedule, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
-def output_to_x0(
-    prediction: str, schedule: NoiseSchedule, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor,
-    sigma_data: float = SIGMA_DATA,
-) -> torch.Tensor:
-    """The x_0 estimate implied by the network's output at (x_t, t)."""
-    if prediction == "eps":
-        return predict_x0_from_eps(schedule, xt, t, output)
-    if prediction == "x0":
-        return output
-    if prediction == "v":
-        return predict_x0_from_v(schedule, xt, t, output)
-    if prediction == "edm":
-        sqrt_abar, c_skip, c_out = edm_coefficients(schedule, t, xt.ndim, sigma_data)
-        return c_skip * xt / sqrt_abar + c_out * output
-    raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+def _edm_target(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, sd: float):
+    sqrt_abar, c_skip, c_out = edm_coefficients(schedule, t, x0.ndim, sd)
+    u = x0 + ((1.0 - sqrt_abar**2).sqrt() / sqrt_abar) * math.sqrt(schedule.noise_var) * noise
+    return (x0 - c_skip * u) / c_out
+
+
+def _edm_to_x0(schedule: NoiseSchedule, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor, sd: float):
+    sqrt_abar, c_skip, c_out = edm_coefficients(schedule, t, xt.ndim, sd)
+    return c_skip * xt / sqrt_abar + c_out * output
+
+
+_RULES: dict[str, tuple[_Target, _ToX0]] = {
+    "eps": (lambda schedule, x0, t, noise, sd: noise,
+            lambda schedule, xt, t, out, sd: predict_x0_from_eps(schedule, xt, t, out)),
+    "x0": (lambda schedule, x0, t, noise, sd: x0,
+           lambda schedule, xt, t, out, sd: out),
+    "v": (lambda schedule, x0, t, noise, sd: v_target(schedule, x0, t, noise),
+          lambda schedule, xt, t, out, sd: predict_x0_from_v(schedule, xt, t, out)),
+    "edm": (_edm_target, _edm_to_x0),
+}
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """What is diffused and what the network outputs (the ``diffusion`` section's
+    prediction, target, residual_scale and sigma_data; meanings in the module doc).
+
+    ``residual_scale`` is 1 when the image itself is diffused.
+    """
+
+    prediction: Prediction
+    target: Target
+    residual_scale: float
+    sigma_data: float
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; allowed: {', '.join(TARGETS)}")
+
+    @classmethod
+    def from_diffusion(cls, diffusion: Mapping[str, Any]) -> "Parameterization":
+        """From a ``diffusion`` config section, the schema's defaults filled in (old checkpoints lack some keys)."""
+        d = section("diffusion", diffusion)
+        scale = float(d["residual_scale"]) if d["target"] == "residual" else 1.0
+        return cls(d["prediction"], d["target"], scale, float(d["sigma_data"]))
+
+    def to_diffusion_space(self, volume: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x_0 for a ground-truth volume: the volume, or ``residual_scale`` times its residual over the condition."""
+        return self.residual_scale * (volume - cond) if self.target == "residual" else volume
+
+    def from_diffusion_space(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The volume an x_0 stands for (inverse of ``to_diffusion_space``)."""
+        return cond + x0 / self.residual_scale if self.target == "residual" else x0
+
+    def x0_range(self) -> tuple[float, float]:
+        """Where x_0 can lie for volumes normalised to [0, 1]; sampled x0_hat is clipped to it."""
+        return (-self.residual_scale, self.residual_scale) if self.target == "residual" else (0.0, 1.0)
+
+    def regression_target(
+        self, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, unit_noise: torch.Tensor
+    ) -> torch.Tensor:
+        """What the network is trained to output for (x_0, t, noise)."""
+        return _RULES[self.prediction][0](schedule, x0, t, unit_noise, self.sigma_data)
+
+    def output_to_x0(
+        self, schedule: NoiseSchedule, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """The x_0 estimate implied by the network's output at (x_t, t)."""
+        return _RULES[self.prediction][1](schedule, xt, t, output, self.sigma_data)
+
+    def x0_estimate(
+        self, schedule: NoiseSchedule, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """``output_to_x0`` clipped to ``x0_range``, as the sampler and the analytic variance use it."""
+        lo, hi = self.x0_range()
+        return self.output_to_x0(schedule, xt, t, output).clamp(lo, hi)

@@ -101,39 +101,43 @@ def ddim_step(
     return out
 
 
+def prior_sample(
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """x_T ~ N(0, noise_var I), where the full reverse process starts (``start_from`` truncates it)."""
+    return math.sqrt(schedule.noise_var) * _noise(shape, generator, torch.empty(0, device=device))
+
+
 def sample(
     denoise: Denoiser,
     schedule: NoiseSchedule,
-    shape: Sequence[int],
+    x_start: torch.Tensor,
     *,
     method: str = "ddim",
     eta: float = 0.0,
     generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    x_start: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     x0_var: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from the schedule's last step down to an estimate of x_0.
 
     ``schedule`` is the full schedule (1000-step ancestral sampling) or a
-    ``respace``d one (few-step sampling); steps run i = T'-1, ..., 0. The
-    reverse process starts from x_T ~ N(0, noise_var I), or from ``x_start``
-    when given: a draw of x_t at the schedule's last step, which truncates the
+    ``respace``d one (few-step sampling); steps run i = T'-1, ..., 0.
+    ``x_start`` is x at the schedule's last step: pure noise
+    (``prior_sample``), or a draw from q(x_t | x0_init) that truncates the
     reverse process (``start_from``). ``x0_var[i]``, when given, is the x0
     prediction's mean squared error at step i, for the analytic variance of
-    ``ddim_step`` / ``ancestral_step``. Returns a tensor of ``shape``.
+    ``ddim_step`` / ``ancestral_step``. Returns a tensor of ``x_start``'s shape.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {', '.join(SAMPLERS)}")
-    like = torch.empty(0, device=device)
-    if x_start is not None:
-        xt = x_start.to(like.device)
-    else:
-        xt = math.sqrt(schedule.noise_var) * _noise(shape, generator, like)
     n = schedule.num_timesteps
     if x0_var is not None and len(x0_var) != n:
         raise ValueError(f"x0_var has {len(x0_var)} entries for a schedule of {n} steps")
+    xt = x_start
     for step, i in enumerate(reversed(range(n))):
         x0_hat = denoise(xt, i)
         gamma = float(x0_var[i]) if x0_var is not None else 0.0

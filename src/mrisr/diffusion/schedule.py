@@ -39,10 +39,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
-import torch
+
+from mrisr.config import SamplingOptions, section
+
+if TYPE_CHECKING:  # torch is imported by ``extract``, the one function that makes tensors,
+    import torch  # so the schedule's arithmetic (and the report's schedule figure) runs without it
 
 ScheduleName = Literal["cosine", "seed"]
 SCHEDULES: tuple[str, ...] = ("cosine", "seed")
@@ -166,6 +170,26 @@ def make_schedule(
     )
 
 
+def full_schedule(diffusion: Mapping[str, Any]) -> NoiseSchedule:
+    """The T-step schedule of a ``diffusion`` config section (a stage is trained and sampled on it)."""
+    d = section("diffusion", diffusion)
+    return make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))
+
+
+def sampling_schedule(diffusion: Mapping[str, Any], sampling: SamplingOptions) -> NoiseSchedule:
+    """The schedule the sampler walks: the full one (ancestral over all T steps) or a respaced one.
+
+    ``sampling.steps_run`` steps are spread over [1, start_t] (t = T unless
+    ``sampling.start_t`` truncates the reverse process).
+    """
+    full = full_schedule(diffusion)
+    t_max = full.num_timesteps - 1 if sampling.start_t is None else int(sampling.start_t) - 1
+    steps = sampling.steps_run
+    if sampling.method == "ancestral" and steps >= full.num_timesteps and sampling.start_t is None:
+        return full
+    return full.respace(spaced_timesteps(full.num_timesteps, min(steps, t_max + 1), t_max))
+
+
 def spaced_timesteps(num_timesteps: int, num_steps: int, t_max: int | None = None) -> list[int]:
     """``num_steps`` timestep indices evenly spread over [0, t_max], always keeping t_max.
 
@@ -188,6 +212,8 @@ def extract(values: np.ndarray | torch.Tensor, t: torch.Tensor, ndim: int) -> to
     ``t`` is a LongTensor of shape (N,); the result is float32 on t's device,
     ready to broadcast against a batch of shape (N, C, *spatial).
     """
+    import torch
+
     table = torch.as_tensor(values, dtype=torch.float64, device=t.device)
     out = table[t].to(torch.float32)
     return out.reshape(t.shape[0], *([1] * (ndim - 1)))

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from mrisr.report.build import build_report, slice_figures
+from mrisr.report.build import ReportInputs, ReportOutputs, build_report, slice_figures
 from mrisr.report.figures import plot_loss_curve
 
-__all__ = ["build_report", "slice_figures", "plot_loss_curve"]
+__all__ = ["ReportInputs", "ReportOutputs", "build_report", "slice_figures", "plot_loss_curve"]

@@ -10,11 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from mrisr.io import atomic_path, load_volume
-from mrisr.report import figures, page, provenance, slices, tables
+from mrisr.config import SamplingOptions
+from mrisr.data.splits import read_splits
+from mrisr.io import atomic_path, load_volume, write_tsv
+from mrisr.metrics import read_metrics
+import mrisr.report.figures as figures
+import mrisr.report.page as page
+import mrisr.report.provenance as provenance
+import mrisr.report.slices as slices
+import mrisr.report.tables as tables
 
 log = logging.getLogger("mrisr")
 
@@ -66,16 +74,59 @@ def showcase(rows: Sequence[Mapping], available: Sequence[str], k: int = SHOWCAS
     return [(s, f"({which} {describe(g)})") for which, (g, s) in picks]
 
 
-def model_rows(config: Mapping, costs: Sequence[tables.Cost], test_subjects: Sequence[str]) -> list[dict]:
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report is built from: the workflow's files (rule ``report``'s inputs) and its config.
+
+    ``train_logs`` are the main model's ``train_log.tsv``, one per cascade
+    stage in order, and ``compare_logs`` each compared model's;
+    ``benchmarks`` Snakemake benchmark TSVs at ``.../benchmarks/<rule>/<job>.tsv``;
+    ``slices`` {subject: (panels PNG, sweep GIF)} from ``slice_figures``;
+    ``calibration`` the test subjects' ``{subject}_calibration.tsv`` when
+    several samples were drawn; ``repo_dir`` the checkout, for its git state.
+    """
+
+    metrics: str
+    splits: str
+    config: Mapping
+    train_logs: Sequence[str]
+    benchmarks: Sequence[str] = ()
+    slices: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    calibration: Sequence[str] = ()
+    compare_logs: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    repo_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportOutputs:
+    """The files the report writes: the page and the figures and tables it embeds."""
+
+    html: str
+    metrics_png: str
+    loss_png: str
+    schedule_png: str
+    summary_tsv: str
+    cost_tsv: str
+
+
+def _parameters(logs: Sequence[Mapping[str, Sequence[float]]]) -> float:
+    """A model's parameter count summed over its stages, from the train logs (nan where a log predates it)."""
+    counts = [log_["parameters"][-1] for log_ in logs if "parameters" in log_]
+    return float(sum(counts)) if len(counts) == len(logs) else float("nan")
+
+
+def model_rows(
+    config: Mapping, logs: Mapping[str, Sequence[Mapping]], costs: Sequence[tables.Cost], test_subjects: Sequence[str],
+) -> list[dict]:
     """One row per SR method for the models section: the main model (sr) and each compared one (sr_{name}).
 
-    Costs are matched to a model by exact job name (``stage{k}`` / ``{subject}``
-    for the main model, ``{name}_stage{k}`` / ``{name}_{subject}`` for a
-    compared one), so one compared name being a prefix of another cannot mix
-    their costs.
+    ``logs`` holds each method's train logs (``tables.read_train_log``), one
+    per stage. Costs are matched to a model by exact job name (``stage{k}`` /
+    ``{subject}`` for the main model, ``{name}_stage{k}`` / ``{name}_{subject}``
+    for a compared one), so one compared name being a prefix of another cannot
+    mix their costs.
     """
     from mrisr.compare import compare_configs, model_config
-    from mrisr.diffusion.nets import unet_from_config
 
     main = model_config(config)
     models = {"sr": (main, "train_stage", "super_resolve", "")}
@@ -90,7 +141,7 @@ def model_rows(config: Mapping, costs: Sequence[tables.Cost], test_subjects: Seq
         rows.append({
             "method": method,
             "variant": str(cfg["model"].get("variant", "unet3d")),
-            "parameters": sum(p.numel() for p in unet_from_config(cfg["model"]).parameters()),
+            "parameters": _parameters(logs.get(method, [])),
             "train_seconds": sum(c.seconds for c in train) if train else float("nan"),
             "train_steps": int(cfg["train"]["steps"]) * len(train),
             "sr_seconds": sum(c.seconds for c in sr) / len(sr) if sr else float("nan"),
@@ -98,78 +149,46 @@ def model_rows(config: Mapping, costs: Sequence[tables.Cost], test_subjects: Seq
     return rows
 
 
-def build_report(
-    metrics_rows: Sequence[Mapping],
-    splits: Mapping[str, str],
-    config: Mapping,
-    train_logs: Sequence[str],
-    benchmark_files: Sequence[str],
-    slice_files: Mapping[str, tuple[str, str]],
-    out_html: str,
-    out_metrics_png: str,
-    out_loss_png: str,
-    out_schedule_png: str,
-    out_summary_tsv: str,
-    out_cost_tsv: str,
-    repo_dir: str | None = None,
-    calibration_files: Sequence[str] = (),
-) -> dict[str, float]:
-    """Write ``index.html`` and the figures/tables it embeds; return seconds spent per part.
-
-    ``metrics_rows`` are ``pipeline.read_metrics`` rows; ``train_logs`` one
-    ``train_log.tsv`` per cascade stage, in stage order; ``benchmark_files``
-    Snakemake benchmark TSVs at ``.../benchmarks/<rule>/<job>.tsv``;
-    ``slice_files`` {subject: (panels PNG, sweep GIF)} from ``slice_figures``;
-    ``calibration_files`` the test subjects' ``{subject}_calibration.tsv`` when
-    several samples were drawn.
-    """
+def build_report(inputs: ReportInputs, outputs: ReportOutputs) -> dict[str, float]:
+    """Write ``index.html`` and the figures/tables it embeds; return seconds spent per part."""
     timings: dict[str, float] = {}
-    if not metrics_rows:
-        raise ValueError("metrics table is empty: nothing to report")
+    config, splits = inputs.config, read_splits(inputs.splits)
+    rows = read_metrics(inputs.metrics)
+    if not rows:
+        raise ValueError(f"{inputs.metrics}: metrics table is empty: nothing to report")
     with timed("tables", timings):
-        summaries = tables.summarise(metrics_rows)
-        gains = tables.gains_over_baseline(metrics_rows)
-        logs = [tables.read_train_log(p) for p in train_logs]
+        summaries = tables.summarise(rows)
+        logs = [tables.read_train_log(p) for p in inputs.train_logs]
         train = [tables.summarise_training(log_, k + 1) for k, log_ in enumerate(logs)]
-        costs = [tables.read_benchmark(p) for p in benchmark_files]
-        write_summary_tsv(out_summary_tsv, summaries)
-        write_cost_tsv(out_cost_tsv, costs)
-    with timed("metric figure", timings):
-        metrics_png = figures.metric_distribution_figure(metrics_rows)
-        figures.write_bytes(out_metrics_png, metrics_png)
-    with timed("loss figure", timings):
-        loss_png = figures.loss_figure(logs)
-        figures.write_bytes(out_loss_png, loss_png)
-    with timed("schedule figure", timings):
-        curves = figures.schedule_curves(config["diffusion"], config["sampling"])
+        costs = [tables.read_benchmark(p) for p in inputs.benchmarks]
+        write_summary_tsv(outputs.summary_tsv, summaries)
+        write_cost_tsv(outputs.cost_tsv, costs)
+    with timed("figures", timings):
+        metrics_png, loss_png = _write_figures(rows, logs, outputs)
+        curves = figures.schedule_curves(config["diffusion"], SamplingOptions.from_mapping(config["sampling"]))
         schedule_png = figures.noise_schedule_figure(curves)
-        figures.write_bytes(out_schedule_png, schedule_png)
+        figures.write_bytes(outputs.schedule_png, schedule_png)
         signal_loss = {name: figures.first_t_below(c["alphas_cumprod"], 1e-3) for name, c in curves["curves"].items()}
     with timed("uncertainty", timings):
         calibration = {Path(p).name.removesuffix("_calibration.tsv"): tables.read_calibration(p)
-                       for p in calibration_files}
+                       for p in inputs.calibration}
         pooled = tables.pooled_calibration(calibration) if calibration else None
         uncertainty_png = figures.uncertainty_figure(calibration, pooled) if pooled else None
     with timed("slices", timings):
-        subjects_tested = sorted({r["subject"] for r in metrics_rows})
-        chosen = showcase(metrics_rows, [s for s in subjects_tested if s in slice_files])
-        shown = []
-        for subject, why in chosen:
-            panel_path, sweep_path = slice_files[subject]
-            sweep = Path(sweep_path).read_bytes()
-            shown.append((subject, why, Path(panel_path).read_bytes(), sweep, 2 * gif_width(sweep)))
-    with timed("provenance", timings):
-        versions = provenance.package_versions()
-        commit = provenance.git_state(repo_dir)
-        counts = provenance.split_counts(splits)
-        test_subjects = sorted(s for s, v in splits.items() if v == "test")
+        shown = _showcased_slices(rows, inputs.slices)
     with timed("page", timings):
+        test_subjects = sorted(s for s, v in splits.items() if v == "test")
+        compared = []
+        if config.get("compare"):
+            model_logs = {"sr": logs} | {f"sr_{name}": [tables.read_train_log(p) for p in paths]
+                                         for name, paths in inputs.compare_logs.items()}
+            compared = [("models", "Models compared", page.models_section(
+                model_rows(config, model_logs, costs, test_subjects), summaries))]
         sections = [
             ("metrics", "Metrics", page.metrics_section(
-                metrics_rows, summaries, gains, tables.data_ranges(metrics_rows), metrics_png)),
-            *([("models", "Models compared", page.models_section(model_rows(config, costs, test_subjects), summaries))]
-              if config.get("compare") else []),
-            ("slices", "Slices", page.slices_section(shown, len(subjects_tested))),
+                rows, summaries, tables.gains_over_baseline(rows), tables.data_ranges(rows), metrics_png)),
+            *compared,
+            ("slices", "Slices", page.slices_section(shown, len({r["subject"] for r in rows}))),
             ("uncertainty", "Uncertainty", page.uncertainty_section(
                 pooled, uncertainty_png, config["sampling"], len(calibration))),
             ("training", "Training", page.training_section(train, loss_png)),
@@ -177,12 +196,35 @@ def build_report(
                 config["diffusion"], config["sampling"], schedule_png, signal_loss)),
             ("cost", "Cost", page.cost_section(costs, train, str(config.get("device", "?")))),
             ("provenance", "Provenance", page.provenance_section(
-                provenance.utc_now(), commit, versions, provenance.redact(config), counts, test_subjects)),
+                provenance.utc_now(), provenance.git_state(inputs.repo_dir), provenance.package_versions(),
+                provenance.redact(config), provenance.split_counts(splits), test_subjects)),
         ]
         document = page.page("mrisr report", page.lead(summaries), sections)
-        with atomic_path(out_html) as tmp:
+        with atomic_path(outputs.html) as tmp:
             Path(tmp).write_text(document, encoding="utf-8")
     return timings
+
+
+def _write_figures(rows: Sequence[Mapping], logs: Sequence[Mapping], outputs: ReportOutputs) -> tuple[bytes, bytes]:
+    """The metric distribution and loss figures, written to their files; returns their PNG bytes."""
+    metrics_png = figures.metric_distribution_figure(rows)
+    figures.write_bytes(outputs.metrics_png, metrics_png)
+    loss_png = figures.loss_figure(logs)
+    figures.write_bytes(outputs.loss_png, loss_png)
+    return metrics_png, loss_png
+
+
+def _showcased_slices(
+    rows: Sequence[Mapping], slice_files: Mapping[str, tuple[str, str]]
+) -> list[tuple[str, str, bytes, bytes, int]]:
+    """(subject, why, panels PNG, sweep GIF, display width) of the subjects the page shows (``showcase``)."""
+    subjects = sorted({r["subject"] for r in rows})
+    shown = []
+    for subject, why in showcase(rows, [s for s in subjects if s in slice_files]):
+        panel_path, sweep_path = slice_files[subject]
+        sweep = Path(sweep_path).read_bytes()
+        shown.append((subject, why, Path(panel_path).read_bytes(), sweep, 2 * gif_width(sweep)))
+    return shown
 
 
 def gif_width(data: bytes) -> int:
@@ -198,21 +240,18 @@ def write_summary_tsv(path: str, summaries: Sequence[tables.MethodSummary]) -> N
             return ["", "", ""]
         return [repr(s.mean), "" if s.sd is None else repr(s.sd), repr(s.median)]
 
-    with atomic_path(path) as tmp:
-        tables.write_tsv(
-            tmp,
-            ["method", "n", "psnr_mean", "psnr_sd", "psnr_median", "ssim_mean", "ssim_sd", "ssim_median",
-             "gain_mean", "gain_sd", "gain_median", "better_than_spline"],
-            [[s.method, s.psnr.n, *cols(s.psnr), *cols(s.ssim), *cols(s.gain), s.wins if s.gain else ""]
-             for s in summaries],
-        )
+    write_tsv(
+        path,
+        ["method", "n", "psnr_mean", "psnr_sd", "psnr_median", "ssim_mean", "ssim_sd", "ssim_median",
+         "gain_mean", "gain_sd", "gain_median", "better_than_spline"],
+        [[s.method, s.psnr.n, *cols(s.psnr), *cols(s.ssim), *cols(s.gain), s.wins if s.gain else ""]
+         for s in summaries],
+    )
 
 
 def write_cost_tsv(path: str, costs: Sequence[tables.Cost]) -> None:
-    with atomic_path(path) as tmp:
-        tables.write_tsv(
-            tmp, ["rule", "job", "seconds", "cpu_seconds", "max_rss_mb", "repeats"],
-            [[c.rule, c.job, f"{c.seconds:.2f}", f"{c.cpu_seconds:.2f}", f"{c.max_rss_mb:.1f}", c.repeats]
-             for c in costs],
-        )
-
+    write_tsv(
+        path, ["rule", "job", "seconds", "cpu_seconds", "max_rss_mb", "repeats"],
+        [[c.rule, c.job, f"{c.seconds:.2f}", f"{c.cpu_seconds:.2f}", f"{c.max_rss_mb:.1f}", c.repeats]
+         for c in costs],
+    )

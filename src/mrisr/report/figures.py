@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mrisr.config import SamplingOptions  # noqa: E402
+from mrisr.diffusion.schedule import make_schedule, sampling_schedule  # noqa: E402
 from mrisr.io import atomic_path  # noqa: E402
 from mrisr.report.tables import BASELINE, gains_over_baseline, method_order, read_train_log  # noqa: E402
 
@@ -149,16 +151,13 @@ def uncertainty_figure(per_subject: Mapping[str, Mapping[str, Sequence[float]]],
 
 # -- the noise schedule --------------------------------------------------------------------
 
-def schedule_curves(diffusion: Mapping, sampling: Mapping) -> dict:
+def schedule_curves(diffusion: Mapping, sampling: SamplingOptions) -> dict:
     """ᾱ_t, the noise variance (1 - ᾱ_t)·noise_var and the SNR of the configured schedule and of a comparison.
 
     The comparison is the seed paper's literal schedule (or cosine when the
     seed's is the one configured). ``sampled_t`` are the timesteps t (1..T)
-    the configured sampler visits (``inference.sampling_schedule``).
+    the configured sampler visits (``diffusion.schedule.sampling_schedule``).
     """
-    from mrisr.diffusion.schedule import make_schedule
-    from mrisr.inference import sampling_schedule
-
     T, noise_var = int(diffusion["num_timesteps"]), float(diffusion["noise_var"])
     configured = str(diffusion["schedule"])
     names = [configured, "seed" if configured != "seed" else "cosine"]
@@ -169,7 +168,7 @@ def schedule_curves(diffusion: Mapping, sampling: Mapping) -> dict:
         with np.errstate(divide="ignore"):
             snr = abar / ((1.0 - abar) * noise_var)
         curves[name] = {"alphas_cumprod": abar, "noise_variance": (1.0 - abar) * noise_var, "snr": snr}
-    spaced = sampling_schedule({"diffusion": dict(diffusion)}, dict(sampling))
+    spaced = sampling_schedule(diffusion, sampling)
     return {
         "t": t, "noise_var": noise_var, "configured": configured, "curves": curves,
         "sampled_t": np.asarray(spaced.timestep_map) + 1,

@@ -1,0 +1,132 @@
+"""The workflow config's schema, and the typed objects that code reads config sections through.
+
+``config.schema.yaml`` (beside this file, and linked from ``config/`` for
+Snakemake) types, defaults and describes every key. The Snakefile validates
+the whole config against it before anything runs; code that reads one
+section outside the workflow (the CLI, a stage checkpoint's stored config)
+goes through ``section``, which fills the schema's defaults and validates
+the same way. The defaults therefore live in one place: the schema.
+
+A section that several layers read becomes one frozen dataclass built by
+``from_mapping`` (``SamplingOptions`` here; ``diffusion.parameterization.
+Parameterization`` for the diffusion section's prediction settings), so it is
+validated once, where it enters, and passed on whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """A config value the schema or a cross-key rule refuses; the message names the key."""
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def schema() -> dict:
+    """The workflow config's JSON schema (a copy: callers may change it)."""
+    return copy.deepcopy(_schema())
+
+
+def section_defaults(name: str) -> dict[str, Any]:
+    """{key: default} of one top-level section, as the schema gives them."""
+    properties = _section_schema(name).get("properties", {})
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+
+
+def _section_schema(name: str) -> dict:
+    sections = _schema()["properties"]
+    if name not in sections:
+        raise ConfigError(f"no config section {name!r}; known: {', '.join(sections)}")
+    return sections[name]
+
+
+def section(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """One section with the schema's defaults filled in, validated against its schema.
+
+    Raises ``ConfigError`` naming the first offending key, e.g.
+    ``sampling.steps: 0 is less than the minimum of 1``.
+    """
+    from jsonschema import Draft202012Validator
+
+    out = {**section_defaults(name), **dict(values)}
+    errors = sorted(Draft202012Validator(_section_schema(name)).iter_errors(out), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = ".".join([name, *(str(p) for p in first.path)])
+        raise ConfigError(f"{where}: {first.message}")
+    return out
+
+
+Estimate = Literal["sample_mean", "posterior_mean"]
+Variance = Literal["posterior", "analytic"]
+SamplerName = Literal["ancestral", "ddim"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The ``sampling`` section: how a trained cascade draws its output (meanings in the schema).
+
+    Build it with ``from_mapping``, which fills the schema's defaults,
+    validates every key and the rules between keys; the workflow, the CLI and
+    the report all do, so a setting means the same thing everywhere.
+    """
+
+    method: SamplerName
+    steps: int
+    eta: float
+    patch_size: int
+    overlap: float
+    batch_size: int
+    start_t: int | None
+    n_samples: int
+    estimate: Estimate
+    flip_ensemble: bool
+    variance: Variance
+    data_consistency: int
+    seed: int
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "SamplingOptions":
+        checked = section("sampling", values)
+        return cls(**{f.name: checked[f.name] for f in fields(cls)})
+
+    def __post_init__(self) -> None:
+        if self.estimate == "posterior_mean" and self.start_t is not None:
+            raise ConfigError("sampling.estimate: 'posterior_mean' needs the reverse process to start "
+                              "from pure noise (sampling.start_t: null)")
+
+    @property
+    def steps_run(self) -> int:
+        """The reverse steps that run: with the posterior-mean estimate and one
+        sample only the first step's x0 prediction is kept, so only that step
+        runs (the later ones would change nothing)."""
+        if self.estimate == "posterior_mean" and self.n_samples == 1:
+            return 1
+        return self.steps
+
+    def with_values(self, **changes: Any) -> "SamplingOptions":
+        """A copy with some keys changed, validated like the original."""
+        return type(self).from_mapping({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for logs: what runs, e.g. 'ddim 2 step(s), 3 sample(s), posterior_mean over flips, ...'."""
+        flips = " over flips" if self.flip_ensemble else ""
+        return (f"{self.method} {self.steps_run} step(s), {self.n_samples} sample(s), "
+                f"{self.estimate}{flips}, {self.variance} variance")

@@ -1,0 +1,78 @@
+"""One ``train_stage`` job of the workflow: its files, read into training data, and trained.
+
+A ``TrainJob`` holds plain values only (paths, the config, the stage), so the
+job's process hands it to DDP workers as JSON (``to_json`` / ``from_json``)
+and every worker runs ``run_job`` on it: the same function as a
+single-process job, with its place among the workers (``World``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from mrisr.data.splits import read_splits
+from mrisr.diffusion.cascade import StagePair, stage_pair
+from mrisr.distributed import World
+from mrisr.io import load_volume, voxel_sizes
+from mrisr.resume import StopSignals
+from mrisr.training.loop import StageRun, TrainResult, train_stage
+
+log = logging.getLogger("mrisr")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """A stage to train (``run``) on the subjects of a split file, from their HR, LR and mask NIfTIs.
+
+    ``hr``, ``lr`` and ``mask`` map each train and val subject to its file.
+    """
+
+    run: StageRun
+    splits: str
+    hr: dict[str, str] = field(default_factory=dict)
+    lr: dict[str, str] = field(default_factory=dict)
+    mask: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainJob":
+        values = json.loads(text)
+        return cls(**{**values, "run": StageRun(**values["run"])})
+
+    def subjects(self, split: str) -> list[str]:
+        """The job's subjects in ``split`` (train or val), sorted."""
+        return sorted(s for s, v in read_splits(self.splits).items() if v == split)
+
+    def pairs(self, split: str) -> list[StagePair]:
+        """The stage's condition, target and mask of every subject in ``split``."""
+        cfg = self.run.config
+        factors, degrade = cfg["cascade"]["factors"], cfg["degrade"]
+        out = []
+        for subject in self.subjects(split):
+            hr, _ = load_volume(self.hr[subject])
+            lr, _ = load_volume(self.lr[subject])
+            mask, _ = load_volume(self.mask[subject])
+            out.append(stage_pair(hr, lr, mask > 0, factors, self.run.stage,
+                                  int(degrade["order"]), bool(degrade["antialias"])))
+        return out
+
+    def with_lr_voxel_size(self) -> "TrainJob":
+        """The job with the training LR's voxel size in its config (``data.lr_voxel_size_mm``), so that it
+        travels with the checkpoint and ``mrisr super-resolve`` can warn about scans of another resolution."""
+        first = self.subjects("train")[0]
+        voxel = [float(v) for v in voxel_sizes(load_volume(self.lr[first])[1])]
+        return replace(self, run=replace(self.run, config={**self.run.config, "data": {"lr_voxel_size_mm": voxel}}))
+
+
+def run_job(job: TrainJob, stop: StopSignals, world: World | None = None) -> TrainResult:
+    """Read the job's volumes and train its stage (``train_stage``); ``stop`` holds the stop signals."""
+    job = job.with_lr_voxel_size()
+    result = train_stage(job.pairs("train"), job.pairs("val"), job.run, world=world, log=log.info, stop=stop)
+    if world is None or world.is_main:
+        log.info("stage %d trained: %d steps in %.0f s, val loss %.5f",
+                 job.run.stage, result.steps, result.seconds, result.final_val_loss)
+    return result
+

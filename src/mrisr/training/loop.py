@@ -1,0 +1,347 @@
+"""Training one cascade stage: the DDPM loss, EMA, the loop's state, checkpoints and resume.
+
+The loss is the simple DDPM objective (Ho et al. 2020, eq. 14), written for
+any parameterisation: t ~ U{1..T}, eps ~ N(0, noise_var I),
+x_t = q_sample(x_0, t, eps), loss = || f(x_t, cond, t) - y ||^2 with y the
+eps, x_0, v or edm target (``diffusion.parameterization``). Parameters are
+averaged with an exponential moving average (EMA), whose weights are the ones
+sampled from.
+
+``TrainLoop`` holds everything a step depends on (model, EMA, optimiser,
+random streams, the loss log so far) and captures and restores it
+(``state_dict`` / ``load_state_dict``), so training resumes exactly where it
+stopped (``mrisr.resume``) and runs on several GPUs with DDP
+(``mrisr.distributed``). ``train_stage`` drives it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import mrisr
+from mrisr.device import autocast, pick_device
+from mrisr.diffusion import analytic
+from mrisr.diffusion.cascade import StagePair
+from mrisr.diffusion.nets import unet_from_config
+from mrisr.diffusion.parameterization import Parameterization
+from mrisr.diffusion.schedule import NoiseSchedule, full_schedule, q_sample
+from mrisr.distributed import World
+from mrisr.io import atomic_path, write_tsv
+from mrisr.resume import (
+    RESUME_FORMAT,
+    StopSignals,
+    TrainingInterrupted,
+    data_fingerprint,
+    default_resume_path,
+    load_resume,
+    rng_state,
+    set_rng_state,
+)
+from mrisr.training.patches import PatchSampler
+
+LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds", "parameters")
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What one stage's training is and where it writes.
+
+    ``config`` is the resolved model config (sections ``cascade``,
+    ``degrade``, ``diffusion``, ``model``, ``train``, and ``device``); it is
+    stored in the checkpoint. The resume checkpoint lives at ``resume``
+    (default: ``resume.pt`` beside the checkpoint) and is written every
+    ``checkpoint_every`` steps (0: only when a stop signal arrives).
+    """
+
+    config: dict
+    stage: int
+    checkpoint: str
+    log_tsv: str
+    resume: str | None = None
+    checkpoint_every: int = 0
+
+    @property
+    def resume_path(self) -> Path:
+        return Path(self.resume) if self.resume else default_resume_path(self.checkpoint)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_train_loss: float
+    final_val_loss: float
+    seconds: float
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the base rate."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    param: Parameterization,
+    cond: torch.Tensor,
+    volume: torch.Tensor,
+    t: torch.Tensor,
+    unit_noise: torch.Tensor,
+) -> torch.Tensor:
+    """DDPM simple loss (eq. 14) for a batch: mean squared error of the chosen target.
+
+    In diffusion space: with a residual scale s the loss is s^2 times that of
+    the unscaled residual. For ``edm`` it is the x0 error weighted by
+    1 / c_out^2 (EDM's loss weighting).
+    """
+    x0 = param.to_diffusion_space(volume, cond)
+    xt = q_sample(schedule, x0, t, unit_noise)
+    return F.mse_loss(model(xt, cond, t).float(), param.regression_target(schedule, x0, t, unit_noise))
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """``torch.save`` through a temporary file and a rename (never a half-written checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+@dataclass(frozen=True)
+class _ValidationBatch:
+    """A fixed validation batch: the same patches, timesteps and noise at every evaluation."""
+
+    cond: torch.Tensor
+    target: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+
+    @classmethod
+    def draw(cls, pairs: Sequence[StagePair], patch: int, n: int, seed: int, num_timesteps: int) -> "_ValidationBatch":
+        gen = torch.Generator().manual_seed(seed)
+        cond, target = (torch.from_numpy(a) for a in PatchSampler(pairs, patch, np.random.default_rng(seed)).sample(n))
+        t = torch.linspace(0, num_timesteps - 1, n).round().long()
+        return cls(cond, target, t, torch.randn(cond.shape, generator=gen))
+
+
+class TrainLoop:
+    """The state of one stage's training and the steps that advance it.
+
+    Everything a step depends on is an attribute: model, EMA, optimiser, the
+    numpy Generator that draws patches and timesteps, the torch Generator that
+    draws the noise, the loss log so far. ``state_dict`` and
+    ``load_state_dict`` capture and restore all of it (``mrisr.resume``).
+    Every DDP worker (``world``) draws the whole global batch from the same
+    streams and keeps its own rows.
+    """
+
+    def __init__(
+        self, train_pairs: Sequence[StagePair], val_pairs: Sequence[StagePair], run: StageRun, world: World,
+    ) -> None:
+        tcfg = run.config["train"]
+        self.run, self.world, self.tcfg = run, world, tcfg
+        self.param = Parameterization.from_diffusion(run.config["diffusion"])
+        seed = int(tcfg["seed"]) + 1000 * run.stage
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.schedule = full_schedule(run.config["diffusion"])
+        self.model = unet_from_config(run.config["model"]).to(world.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net = world.wrap(self.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tcfg["lr"]), weight_decay=0.0)
+        self.patch, self.batch, self.steps = int(tcfg["patch_size"]), int(tcfg["batch_size"]), int(tcfg["steps"])
+        if self.patch % self.model.divisor:
+            raise ValueError(f"train.patch_size {self.patch} must be divisible by {self.model.divisor}")
+        if self.batch < world.size:
+            raise ValueError(f"train.batch_size {self.batch} is smaller than the {world.size} training workers")
+        self.rows = world.rows(self.batch)
+        self.share = (self.rows.stop - self.rows.start) / self.batch  # this worker's part of the batch mean
+        self.sampler = PatchSampler(train_pairs, self.patch, self.rng, flip=bool(tcfg.get("flip", False)))
+        self.val = _ValidationBatch.draw(val_pairs, self.patch, int(tcfg["val_patches"]), seed + 1,
+                                         self.schedule.num_timesteps)
+        self.noise_gen = torch.Generator().manual_seed(seed + 2)
+        self.data = data_fingerprint([*train_pairs, *val_pairs])
+        self.step, self.log_rows, self.running, self.count = 0, [], 0.0, 0
+        self.val_loss, self.seconds_before = float("nan"), 0.0
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def identity(self) -> dict:
+        """What a resume checkpoint must match to continue this run: format, stage, config and data."""
+        return {"format": RESUME_FORMAT, "stage": self.run.stage, "config": self.run.config, "data": self.data}
+
+    def state_dict(self, seconds: float) -> dict:
+        """The resume checkpoint: everything the next step depends on, as tensors and plain values."""
+        dev = self.world.device
+        return {
+            **self.identity(), "mrisr_version": mrisr.__version__, "step": self.step,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(self.rng, self.noise_gen, dev),
+            "progress": {"rows": [list(r) for r in self.log_rows], "running": self.running, "count": self.count,
+                         "val_loss": self.val_loss, "seconds": seconds},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict`` (already matched to ``identity`` by ``resume.load_resume``)."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], self.rng, self.noise_gen, self.world.device)
+        self.step = int(state["step"])
+        progress = state["progress"]
+        self.log_rows = [tuple(r) for r in progress["rows"]]
+        self.running, self.count = float(progress["running"]), int(progress["count"])
+        self.val_loss, self.seconds_before = float(progress["val_loss"]), float(progress["seconds"])
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimiser step on this worker's rows of the next global batch.
+
+        Returns the learning rate and this worker's share of the batch's mean loss.
+        """
+        dev, batch, rows = self.world.device, self.batch, self.rows
+        lr = lr_at(self.step, float(self.tcfg["lr"]), int(self.tcfg["warmup_steps"]), self.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        cond_np, target_np = self.sampler.sample(batch, rows)
+        cond, volume = torch.from_numpy(cond_np).to(dev), torch.from_numpy(target_np).to(dev)
+        t = torch.from_numpy(self.rng.integers(0, self.schedule.num_timesteps, size=batch)[rows]).long().to(dev)
+        noise = torch.randn((batch, *cond.shape[1:]), generator=self.noise_gen)[rows].to(dev)
+        self.model.train()
+        with autocast(dev):
+            loss = diffusion_loss(self.net, self.schedule, self.param, cond, volume, t, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * (self.share * self.world.size)).backward()  # DDP averages over workers: the batch mean
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["grad_clip"]))
+        self.optimizer.step()
+        decay = float(self.tcfg["ema_decay"])
+        ema_update(self.ema, self.model, min(decay, (1.0 + self.step) / (10.0 + self.step)))
+        self.step += 1
+        return lr, float(loss.detach()) * self.share
+
+    def validate(self) -> float:
+        """The EMA network's loss on the fixed validation batch (the main worker only)."""
+        v, dev = self.val, self.world.device
+        with torch.no_grad(), autocast(dev):
+            return float(diffusion_loss(self.ema, self.schedule, self.param, v.cond.to(dev), v.target.to(dev),
+                                        v.t.to(dev), v.noise.to(dev)))
+
+    def record(self, batch_loss: float, lr: float, elapsed: Callable[[], float], log: Callable[[str], None]) -> None:
+        """Add a step's loss to the running mean; at a validation step, validate and log a row."""
+        self.running += batch_loss
+        self.count += 1
+        if self.step % int(self.tcfg["val_every"]) and self.step != self.steps:
+            return
+        if self.world.is_main:
+            self.val_loss = self.validate()
+        train_loss, seconds = self.running / self.count, elapsed()
+        self.log_rows.append((self.step, train_loss, self.val_loss, lr, seconds))
+        log(f"step {self.step}/{self.steps}  train {train_loss:.5f}  val {self.val_loss:.5f}  lr {lr:.2e}  {seconds:.0f}s")
+        self.running, self.count = 0.0, 0
+
+    def final_checkpoint(self, seconds: float, log: Callable[[str], None]) -> dict:
+        """The stage checkpoint: weights, config, and the EMA network's x0 error by timestep
+        on the validation patches (for ``sampling.variance: analytic``)."""
+        final = self.state_dict(seconds)
+        del final["progress"], final["data"]
+        final.update(format=1, train_seconds=seconds)
+        grid = analytic.error_grid(self.schedule)
+        v, dev = self.val, self.world.device
+        with autocast(dev):
+            mse = analytic.measure_x0_error(self.ema, self.schedule, self.param, v.cond.to(dev), v.target.to(dev),
+                                            v.noise.to(dev), grid)
+        final["x0_mse"] = {"t": grid, "mse": mse}
+        log(f"stage {self.run.stage}: x0 error by t on {len(v.t)} val patches: "
+            + ", ".join(f"t={t} {m:.2e}" for t, m in list(zip(grid, mse))[:: max(1, len(grid) // 5)]))
+        return final
+
+    def write_log(self, path: str | Path) -> None:
+        """The loss log, one row per validation step (LOG_COLUMNS); the parameter count on every row."""
+        rows = [(f"{s}", f"{tr:.6g}", f"{va:.6g}", f"{lr:.6g}", f"{sec:.2f}", f"{self.n_params}")
+                for s, tr, va, lr, sec in self.log_rows]
+        with atomic_path(path) as tmp:
+            write_tsv(tmp, LOG_COLUMNS, rows)
+
+
+def train_stage(
+    train_pairs: Sequence[StagePair],
+    val_pairs: Sequence[StagePair],
+    run: StageRun,
+    *,
+    world: World | None = None,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[int], None] | None = None,
+    stop: StopSignals | None = None,
+) -> TrainResult:
+    """Train the U-Net of one cascade stage and write its checkpoint and loss log.
+
+    Training resumes from ``run.resume_path`` when that file belongs to this
+    stage, config and data; it writes that file every ``run.checkpoint_every``
+    steps and when SIGTERM, SIGUSR1 or SIGINT arrives, then raises
+    ``TrainingInterrupted`` (``mrisr.resume``). Signals are caught by ``stop``
+    if given (a caller that has more to do after training holds it for its
+    whole run), else while this function runs. ``world`` places this process
+    among DDP workers (``mrisr.distributed``); by default training runs in this
+    process alone on the config's ``device``. ``on_step(n)`` is called after
+    the n-th step.
+    """
+    if world is None:
+        world = World(device=pick_device(run.config.get("device", "auto")))
+    loop = TrainLoop(train_pairs, val_pairs, run, world)
+    workers = f" x {world.size} workers" if world.size > 1 else ""
+    log(f"stage {run.stage}: U-Net with {loop.n_params:,} parameters on {world.device}{workers}; "
+        f"{len(train_pairs)} train, {len(val_pairs)} val volumes")
+    if stop is not None:
+        return _run(loop, log, on_step, stop)
+    with StopSignals() as own:
+        return _run(loop, log, on_step, own)
+
+
+def _run(loop: TrainLoop, log: Callable[[str], None], on_step: Callable[[int], None] | None,
+         stop: StopSignals) -> TrainResult:
+    """Resume if possible, step to the end (checkpointing and stopping as asked), write the outputs."""
+    run, world = loop.run, loop.world
+    state = load_resume(run.resume_path, loop.identity(), log)
+    if state is not None:
+        loop.load_state_dict(state)
+        log(f"resumed from step {loop.step} of {loop.steps} ({run.resume_path})")
+    start = time.perf_counter()
+    elapsed = lambda: loop.seconds_before + time.perf_counter() - start  # noqa: E731
+    Path(run.log_tsv).parent.mkdir(parents=True, exist_ok=True)
+    while loop.step < loop.steps:
+        lr, loss_share = loop.train_step()
+        if on_step is not None:
+            on_step(loop.step)
+        batch_loss, stops = world.sum([loss_share, float(stop.requested)])
+        loop.record(batch_loss, lr, elapsed, log)
+        every = run.checkpoint_every
+        if loop.step < loop.steps and (stops > 0 or (every and loop.step % every == 0)):
+            if world.is_main:
+                save_checkpoint(run.resume_path, loop.state_dict(elapsed()))
+            world.barrier()  # no worker leaves before the checkpoint is on disk
+            if stops > 0:
+                raise TrainingInterrupted(loop.step, run.resume_path, stop.received or "a signal to another worker")
+    seconds = elapsed()
+    if world.is_main:
+        save_checkpoint(run.checkpoint, loop.final_checkpoint(seconds, log))
+        loop.write_log(run.log_tsv)
+        run.resume_path.unlink(missing_ok=True)
+    world.barrier()
+    last = loop.log_rows[-1][1] if loop.log_rows else float("nan")
+    return TrainResult(loop.steps, last, loop.val_loss, seconds)
