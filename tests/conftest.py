@@ -180,20 +180,22 @@ def train_reference(workdir: Path, payload: dict, out: Path) -> dict:
     from mrisr.data.splits import read_splits
     from mrisr.diffusion.cascade import total_factor
     from mrisr.pipeline import train
+    from mrisr.training import StageRun, TrainJob
 
     res = workdir / "results"
     subjects = read_splits(res / "splits.tsv")
     factor = total_factor(payload["config"]["cascade"]["factors"])
+    run = StageRun(payload["config"], payload["stage"], str(out / "checkpoint.pt"), str(out / "log.tsv"))
+    job = TrainJob(
+        run, str(res / "splits.tsv"),
+        hr={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
+        lr={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
+        mask={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(
-            hr_paths={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
-            lr_paths={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
-            mask_paths={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
-            splits_path=str(res / "splits.tsv"), config=payload["config"], stage=payload["stage"],
-            out_checkpoint=str(out / "checkpoint.pt"), out_log=str(out / "log.tsv"), out_plot=str(out / "loss.png"),
-        )
+        train(job, str(out / "loss.png"))
     finally:
         torch.set_num_threads(before)
     return torch.load(out / "checkpoint.pt", weights_only=True)
