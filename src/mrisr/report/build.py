@@ -161,6 +161,7 @@ def build_report(
     with timed("provenance", timings):
         versions = provenance.package_versions()
         commit = provenance.git_state(repo_dir)
+        environment = provenance.lock_check(repo_dir)
         counts = provenance.split_counts(splits)
         test_subjects = sorted(s for s, v in splits.items() if v == "test")
     with timed("page", timings):
@@ -177,7 +178,8 @@ def build_report(
                 config["diffusion"], config["sampling"], schedule_png, signal_loss)),
             ("cost", "Cost", page.cost_section(costs, train, str(config.get("device", "?")))),
             ("provenance", "Provenance", page.provenance_section(
-                provenance.utc_now(), commit, versions, provenance.redact(config), counts, test_subjects)),
+                provenance.utc_now(), commit, versions, provenance.redact(config), counts, test_subjects,
+                environment)),
         ]
         document = page.page("mrisr report", page.lead(summaries), sections)
         with atomic_path(out_html) as tmp:
