@@ -68,6 +68,7 @@ COMPILE = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND
 	--no-emit-index-url --no-emit-find-links --extra test
 
 lock:
+	@[ "$(platform)" = "$(LOCK_PLATFORM)" ] || { echo "make lock: the lock files are for $(LOCK_PLATFORM), this is $(platform) (PYTHON=...)"; exit 1; }
 	tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT \
 	  && $(PYTHON) -m venv $$tools && $$tools/bin/pip install --quiet $(PIP_TOOLS) \
 	  && $$tools/bin/pip download --quiet --no-deps --only-binary :all: --implementation cp --python-version 3.11 \
