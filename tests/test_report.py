@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -140,6 +141,62 @@ def test_git_state(tmp_path):
 def test_package_versions_name_what_is_missing():
     versions = provenance.package_versions(["numpy", "surely-not-a-package-xyz"])
     assert versions["numpy"] == np.__version__ and versions["surely-not-a-package-xyz"] == "not installed"
+
+
+def write_lock(path, pins: dict[str, str]) -> None:
+    """A lock file as pip-compile writes it: pins, hashes, comments."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#\n#    make lock\n#\n" + "".join(
+        f"{name}=={version} \\\n    --hash=sha256:{'0' * 64}\n    # via mrisr (pyproject.toml)\n"
+        for name, version in pins.items()) + "\n# WARNING: ...\n# mrisr\n")
+
+
+def test_lock_check_says_which_lock_matches_and_what_differs(tmp_path):
+    write_lock(tmp_path / "requirements" / "cpu.txt", {"numpy": "2.4.6", "PyYAML": "6.0.4", "torch": "2.13.0+cpu"})
+    write_lock(tmp_path / "requirements" / "cuda.txt",
+               {"numpy": "2.4.6", "PyYAML": "6.0.4", "torch": "2.13.0", "nvidia-cublas": "13.1.1.3"})
+    base = {"numpy": "2.4.6", "pyyaml": "6.0.4", "pip": "23.2.1", "mrisr": "0.1.0", "Monai": "1.5.1"}
+
+    cpu = provenance.lock_check(tmp_path, base | {"torch": "2.13.0+cpu"})
+    assert (cpu.lock, cpu.locked, cpu.differ, cpu.matches) == ("requirements/cpu.txt", 3, [], True)
+    assert cpu.extra == [("monai", "1.5.1")], "pip and mrisr are never locked"
+    text = re.sub("<[^>]+>", "", page.environment_html(cpu))
+    assert text == "matches requirements/cpu.txt: all 3 packages at the locked version; " \
+                   "also installed, not in the lock: monai 1.5.1"
+
+    cuda = provenance.lock_check(tmp_path, base | {"torch": "2.13.0", "nvidia_cublas": "13.1.1.3"})
+    assert cuda.lock == "requirements/cuda.txt" and cuda.matches, "the closer of the two locks"
+
+    off = provenance.lock_check(tmp_path, {"numpy": "2.4.5", "torch": "2.13.0+cpu", "pip": "23.2.1"})
+    assert off.lock == "requirements/cpu.txt" and not off.matches
+    assert off.differ == [("numpy", "2.4.6", "2.4.5"), ("pyyaml", "6.0.4", None)]
+    html = page.environment_html(off)
+    assert re.sub("<[^>]+>", "", html) == "differs from requirements/cpu.txt in 2 of 3 packages: " \
+                                          "numpy 2.4.5 (locked 2.4.6), pyyaml not installed (locked 6.0.4)"
+    assert '<span class="neg">' in html
+
+    assert provenance.lock_check(tmp_path, {"numpy": "2.4.6.0", "pyyaml": "6.0.4", "torch": "2.13.0+cpu"}).matches, \
+        "versions compare as versions"
+    many = provenance.lock_check(tmp_path, base | {"torch": "2.13.0+cpu"} | {f"x{k}": "1" for k in range(20)})
+    assert "and 9 more" in page.environment_html(many), "a long tail of unlocked packages is cut"
+
+
+def test_lock_check_without_a_lock_file(tmp_path):
+    none = provenance.lock_check(tmp_path)
+    assert none.lock is None and not none.matches and none.note.startswith("no lock file found")
+    assert page.environment_html(none).startswith("no lock file found (requirements/cpu.txt, requirements/cuda.txt")
+    assert provenance.lock_check(None).note == "unknown (no source directory given)"
+
+
+def test_lock_check_reads_this_repository_and_environment():
+    """The real lock files parse, and the running environment is compared with one of them."""
+    from conftest import REPO
+
+    locked = provenance.locked_versions(REPO / "requirements" / "cpu.txt")
+    assert len(locked) > 100 and locked["torch"].endswith("+cpu") and "scikit-image" in locked
+    check = provenance.lock_check(REPO)
+    assert check.lock in provenance.LOCK_FILES
+    assert check.locked == len(provenance.locked_versions(REPO / check.lock))
 
 
 # -- the noise schedule plot's data --------------------------------------------------------
@@ -323,6 +380,8 @@ def test_report_page_contents(built_report):
     tables_, images = parse_report(html)
     assert "my-secret-profile" not in html and "hcp-openaccess" in html
     assert "data range = 1" in html and "sr_ema" in html
+    kv = {row[0]["text"]: row[1]["text"] for row in tables_["provenance-table"]["rows"]}
+    assert kv["environment"] == "unknown (no source directory given)", "built without repo_dir"
     assert {"metrics-summary", "metrics-per-subject", "training-summary", "cost-train_stage",
             "cost-super_resolve", "provenance-table"} <= set(tables_)
     # More than three test subjects: the lowest, median and highest gain of sr are shown.

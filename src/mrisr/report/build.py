@@ -197,7 +197,8 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs) -> dict[str, floa
             ("cost", "Cost", page.cost_section(costs, train, str(config.get("device", "?")))),
             ("provenance", "Provenance", page.provenance_section(
                 provenance.utc_now(), provenance.git_state(inputs.repo_dir), provenance.package_versions(),
-                provenance.redact(config), provenance.split_counts(splits), test_subjects)),
+                provenance.redact(config), provenance.split_counts(splits), test_subjects,
+                provenance.lock_check(inputs.repo_dir))),
         ]
         document = page.page("mrisr report", page.lead(summaries), sections)
         with atomic_path(outputs.html) as tmp:

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import yaml
 
+from mrisr.report.provenance import LockCheck
 from mrisr.report.tables import BASELINE, Cost, MethodSummary, Stats, TrainingSummary, hms
 
 CSS = """
@@ -310,7 +311,7 @@ COST_TITLES = {
 
 def provenance_section(
     generated: str, commit: str, versions: Mapping[str, str], config: Mapping, counts: Mapping[str, int],
-    test_subjects: Sequence[str],
+    test_subjects: Sequence[str], environment: LockCheck,
 ) -> str:
     factors = config.get("cascade", {}).get("factors", [])
     total = math.prod(factors) if factors else 1
@@ -326,6 +327,7 @@ def provenance_section(
         ("sampler", f"{esc(sampling.get('method', '?'))}, {esc(sampling.get('steps', '?'))} steps, "
                     f"seed {esc(sampling.get('seed', '?'))}"),
         ("packages", ", ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())),
+        ("environment", environment_html(environment)),
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in kv)
     plain = json.loads(json.dumps(config, default=str))  # Snakemake's config may hold non-YAML types
@@ -336,6 +338,24 @@ def provenance_section(
         "<details><summary>Resolved configuration (schema defaults filled in; secret-looking keys redacted)</summary>",
         f'<pre id="config">{esc(config_yaml)}</pre></details>',
     ])
+
+
+def environment_html(check: LockCheck, extra_shown: int = 12) -> str:
+    """The running environment against the lock file: matches, or which packages differ and how."""
+    if check.lock is None:
+        return esc(check.note)
+    lock = f"<code>{esc(check.lock)}</code>"
+    if check.matches:
+        text = f'<span class="pos">matches {lock}</span>: all {check.locked} packages at the locked version'
+    else:
+        items = ", ".join(f"{esc(name)} {esc(have or 'not installed')} (locked {esc(ver)})"
+                          for name, ver, have in check.differ)
+        text = f'<span class="neg">differs from {lock}</span> in {len(check.differ)} of {check.locked} packages: {items}'
+    if check.extra:
+        shown = ", ".join(f"{esc(n)} {esc(v)}" for n, v in check.extra[:extra_shown])
+        more = f" and {len(check.extra) - extra_shown} more" if len(check.extra) > extra_shown else ""
+        text += f"; also installed, not in the lock: {shown}{more}"
+    return text
 
 
 def page(title: str, lead_html: str, sections: Sequence[tuple[str, str, str]]) -> str:
