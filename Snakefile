@@ -14,6 +14,7 @@ validate(config, "config/config.schema.yaml")
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/scheduling.smk"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/degrade.smk"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +35,34 @@ def test_default_config_dry_run_and_lint(tmp_path):
     assert counts["fetch"] == 8 and counts["train_stage"] == 1 and counts["report"] == 1
     lint = run_snakemake(tmp_path, "--lint", config=REPO / "config" / "config.yaml")
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+
+
+def _overlap(folder, include: str) -> bool:
+    """Run two ready jobs of 2 threads each, after one that runs alone, on 2 cores: do they overlap?"""
+    folder.mkdir()
+    (folder / "Snakefile").write_text(
+        include +
+        'rule all:\n    input: "a", "b"\n'
+        'rule alone:\n    output: "common"\n    threads: 2\n    shell: "touch {output}"\n'
+        'rule pair:\n    input: "common"\n    output: "{x}"\n    wildcard_constraints: x="[ab]"\n    threads: 2\n'
+        '    shell: "date +%s.%N > {output}.start; sleep 1; date +%s.%N > {output}.end; touch {output}"\n'
+    )
+    exe = Path(sys.executable).with_name("snakemake")
+    subprocess.run([str(exe), "--cores", "2", "--quiet"], cwd=folder, check=True, capture_output=True)
+    a, b = ([float((folder / f"{x}.{e}").read_text()) for e in ("start", "end")] for x in "ab")
+    return not (a[1] <= b[0] or b[1] <= a[0])
+
+
+def test_jobs_that_each_take_every_core_run_one_at_a_time(tmp_path):
+    """With workflow/rules/scheduling.smk, Snakemake keeps to --cores: two jobs of 2 threads on 2 cores
+    run one after the other, even after a job that ran alone. Without it, a Snakemake with the bug it
+    mends (issue #3913) runs them at once: when that stops, the mend has become a no-op to remove."""
+    from snakemake.scheduling import job_scheduler
+
+    assert not _overlap(tmp_path / "mended", f'include: "{REPO / "workflow" / "rules" / "scheduling.smk"}"\n')
+    buggy = "if len(jobs) == 1:\n                    return self.job_selector_greedy(" in inspect.getsource(
+        job_scheduler.JobScheduler)
+    assert _overlap(tmp_path / "plain", "") == buggy
 
 
 def test_config_typo_is_a_clear_error(tmp_path):
