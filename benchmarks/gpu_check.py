@@ -1,0 +1,257 @@
+"""GPU check: what config/hcp_gpu.yaml's network costs on the GPU it runs on.
+
+One short script for a lent GPU (and, with ``--smoke``, a tiny version that
+runs anywhere in seconds: the test suite runs it on the CPU). It measures,
+with the real training loop and the real sliding-window inference:
+
+1. **Training.** ``TrainLoop.train_step`` (the DDPM loss, bf16 autocast on
+   CUDA, AdamW, EMA) of the config's U-Net on the config's batch and patch,
+   drawing patches from synthetic full-size subjects (0.7 mm HCP after
+   ``skullstrip``'s crop: 220 x 272 x 230): seconds per step (median of timed
+   steps after warm-up, the GPU synchronised), of which drawing the patches
+   takes how much, peak GPU memory, and the hours ``train.steps`` would take.
+2. **bf16 against float32.** The relative L2 difference of the network's
+   output under bf16 autocast and in float32 on the same input.
+3. **Inference memory curve.** One network evaluation (no gradient, bf16
+   autocast) of patch sides 64, 96, ... at batch 1 and 2: peak GPU memory and
+   seconds. From the curve: the largest patch side that fits 40 GB and 80 GB
+   cards (measured points only, 10 % headroom).
+4. **Whole volume.** One network pass over a full-size volume through
+   ``sliding_window`` with the config's sampling patch, overlap and batch,
+   and the time of ``super_resolve``'s passes per volume
+   (``sampling.steps_run`` x ``n_samples``).
+
+Writes one TSV (``--out``, default benchmarks/results/gpu_check.tsv) with
+rows (section, measure, value, unit) and the device's name.
+
+    bash benchmarks/gpu_check.sh               # on a GPU node, the full check
+    bash benchmarks/gpu_check.sh --smoke       # anywhere, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from mrisr.config import SamplingOptions, section_defaults  # noqa: E402
+from mrisr.device import autocast, pick_device  # noqa: E402
+from mrisr.diffusion.cascade import StagePair  # noqa: E402
+from mrisr.diffusion.sampler import sliding_window  # noqa: E402
+from mrisr.distributed import World  # noqa: E402
+from mrisr.training.loop import StageRun, TrainLoop  # noqa: E402
+
+HCP_CROPPED = (220, 272, 230)  # a 0.7 mm HCP T1w after skullstrip's crop (issue 13)
+SECTIONS = ("cascade", "degrade", "diffusion", "model", "train", "sampling")
+SMOKE = {"model": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention": True,
+                   "num_heads": 2},
+         "train": {"batch_size": 2, "patch_size": 16, "val_patches": 2, "steps": 10},
+         "sampling": {"patch_size": 16, "batch_size": 2, "steps": 2, "n_samples": 2}}
+GB = 1024 ** 3
+
+
+class Rows(list):
+    """The check's rows (section, measure, value, unit), printed and written to ``path`` as each section ends,
+    so that a check stopped at its time limit keeps what it measured."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path, self.printed = path, 0
+
+    def flush(self) -> None:
+        for row in self[self.printed:]:
+            print("\t".join(map(str, row)), flush=True)
+        self.printed = len(self)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("section\tmeasure\tvalue\tunit\n" + "".join("\t".join(map(str, r)) + "\n" for r in self))
+
+
+def merged_config(files: list[Path], smoke: bool) -> dict:
+    """The sections training and sampling use: schema defaults, then each file in turn (as Snakemake merges)."""
+    config = {name: section_defaults(name) for name in SECTIONS}
+    for path in files:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        for name in SECTIONS:
+            config[name].update(loaded.get(name, {}))
+    if smoke:
+        for name, values in SMOKE.items():
+            config[name].update(values)
+    config["device"] = "auto"
+    return config
+
+
+class Sync:
+    """Wall-clock timing that waits for the GPU's queued work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb(self) -> float:
+        return torch.cuda.max_memory_allocated() / GB if self.cuda else float("nan")
+
+
+def synthetic_pair(shape: tuple[int, ...], seed: int) -> StagePair:
+    """A stand-in subject of the given size: a smooth target, its noisy condition, an ellipsoid brain mask."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
+    radius = sum(g * g for g in grids)
+    target = np.clip(1.0 - radius, 0, 1).astype(np.float32)
+    cond = (target + 0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    return StagePair(cond=cond, target=target, mask=radius < 0.8)
+
+
+def median_seconds(fn: Callable[[], object], sync: Sync, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = sync.now()
+        fn()
+        times.append(sync.now() - start)
+    return statistics.median(times)
+
+
+def check_training(config: dict, volume: tuple[int, ...], device: torch.device, rows: Rows, smoke: bool) -> TrainLoop:
+    sync = Sync(device)
+    pairs = [synthetic_pair(volume, k) for k in range(2)]
+    run = StageRun(config=config, stage=0, checkpoint="unused.pt", log_tsv="unused.tsv")
+    loop = TrainLoop(pairs[:1], pairs[1:], run, World(device=device))
+    tcfg = config["train"]
+    sync.reset_peak()
+    step = median_seconds(loop.train_step, sync, repeats=3 if smoke else 20, warmup=2 if smoke else 5)
+    draw = median_seconds(lambda: loop.sampler.sample(loop.batch), sync, repeats=3 if smoke else 20, warmup=1)
+    steps = int(tcfg["steps"])
+    rows += [
+        ("train", "parameters", loop.n_params, "count"),
+        ("train", "batch x patch", f"{loop.batch} x {loop.patch}^3", "-"),
+        ("train", "seconds_per_step", f"{step:.4f}", "s"),
+        ("train", "patch_draw_per_step", f"{draw:.4f}", "s (numpy, in the step above)"),
+        ("train", "peak_gpu_memory", f"{sync.peak_gb():.2f}", "GiB"),
+        ("train", f"hours_for_{steps}_steps", f"{step * steps / 3600:.2f}", "h"),
+    ]
+    return loop
+
+
+def check_bf16(model: torch.nn.Module, patch: int, device: torch.device, rows: Rows) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, cond = (torch.randn(1, 1, patch, patch, patch, generator=gen).to(device) for _ in range(2))
+    t = torch.tensor([500], device=device)
+    with torch.no_grad():
+        full = model(x, cond, t).float()
+        with autocast(device):
+            half = model(x, cond, t).float()
+    rel = float((half - full).norm() / full.norm().clamp_min(1e-12))
+    rows.append(("bf16", "relative_l2_vs_float32", f"{rel:.2e}", "-"))
+
+
+def forward_cost(model: torch.nn.Module, patch: int, batch: int, device: torch.device, smoke: bool) -> tuple[float, float]:
+    """Seconds and peak GiB of one no-grad network evaluation on (batch, patch^3)."""
+    sync = Sync(device)
+    x = torch.zeros(batch, 1, patch, patch, patch, device=device)
+    t = torch.full((batch,), 500, device=device)
+
+    def once() -> None:
+        with torch.no_grad(), autocast(device):
+            model(x, x, t)
+
+    sync.reset_peak()
+    seconds = median_seconds(once, sync, repeats=1 if smoke else 3, warmup=1)
+    return seconds, sync.peak_gb()
+
+
+def check_inference_curve(model: torch.nn.Module, sides: list[int], device: torch.device, rows: Rows,
+                          smoke: bool) -> None:
+    fits: dict[tuple[int, int], int] = {}
+    for batch in (1, 2):
+        for side in sides:
+            try:
+                seconds, peak = forward_cost(model, side, batch, device, smoke)
+            except torch.cuda.OutOfMemoryError:
+                rows.append(("inference", f"patch_{side}_batch_{batch}", "out of memory", "-"))
+                torch.cuda.empty_cache()
+                break
+            rows.append(("inference", f"patch_{side}_batch_{batch}_seconds", f"{seconds:.4f}", "s"))
+            rows.append(("inference", f"patch_{side}_batch_{batch}_peak", f"{peak:.2f}", "GiB"))
+            rows.flush()
+            for card in (40, 80):
+                if peak <= 0.9 * card * 1e9 / GB:
+                    fits[card, batch] = side
+    for (card, batch), side in sorted(fits.items()):
+        rows.append(("inference", f"largest_measured_patch_{card}GB_batch_{batch}", side, "voxels per side"))
+
+
+def check_whole_volume(model: torch.nn.Module, config: dict, volume: tuple[int, ...], device: torch.device,
+                       rows: Rows) -> None:
+    options = SamplingOptions.from_mapping(config["sampling"])
+    sync = Sync(device)
+    inputs = torch.zeros(1, 2, *volume, device=device)
+    t = torch.full((options.batch_size,), 500, device=device)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return model(batch[:, :1], batch[:, 1:], t[: batch.shape[0]])
+
+    sync.reset_peak()
+    with torch.no_grad():
+        seconds = median_seconds(lambda: sliding_window(predict, inputs, options.patch_size, options.overlap,
+                                                        options.batch_size), sync, repeats=1, warmup=1)
+    passes = options.steps_run * options.n_samples
+    rows += [
+        ("volume", "shape", "x".join(map(str, volume)), "voxels"),
+        ("volume", f"one_pass_patch_{options.patch_size}_batch_{options.batch_size}", f"{seconds:.2f}", "s"),
+        ("volume", "peak_gpu_memory", f"{sync.peak_gb():.2f}", "GiB"),
+        ("volume", f"passes_per_volume ({options.steps_run} steps x {options.n_samples} samples)", passes, "count"),
+        ("volume", "minutes_per_volume", f"{seconds * passes / 60:.1f}", "min"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny network and volumes: seconds, on any device")
+    parser.add_argument("--config", type=Path, nargs="+",
+                        default=[ROOT / "config/config.yaml", ROOT / "config/hcp_gpu.yaml"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_check.tsv")
+    args = parser.parse_args(argv)
+    config = merged_config(args.config, args.smoke)
+    device = pick_device("auto")
+    volume = (24, 28, 20) if args.smoke else HCP_CROPPED
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = Rows(args.out)
+    rows += [("device", "name", name, "-"), ("device", "torch", torch.__version__, "-")]
+    loop = check_training(config, volume, device, rows, args.smoke)
+    rows.flush()
+    model = copy.deepcopy(loop.ema).eval()
+    del loop
+    check_bf16(model, int(config["train"]["patch_size"]), device, rows)
+    check_whole_volume(model, config, volume, device, rows)
+    rows.flush()
+    sides = [16, 24] if args.smoke else [64, 96, 128, 160, 192, 224, 256, 288, 320]
+    check_inference_curve(model, sides, device, rows, args.smoke)
+    rows.flush()
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

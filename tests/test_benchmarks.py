@@ -1,0 +1,27 @@
+"""The GPU check (benchmarks/gpu_check.sh) runs end to end: --smoke on the CPU, in seconds."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_gpu_check_smoke_measures_every_section(tmp_path):
+    out = tmp_path / "gpu_check.tsv"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(out)],
+                   check=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=300,
+                   capture_output=True)
+    with open(out, newline="") as fh:
+        rows = {(r["section"], r["measure"]): r["value"] for r in csv.DictReader(fh, delimiter="\t")}
+    assert {section for section, _ in rows} == {"device", "train", "bf16", "volume", "inference"}
+    assert float(rows["train", "seconds_per_step"]) > 0
+    assert int(rows["train", "parameters"]) > 0
+    # the smoke config samples 2 steps x 2 samples: four passes of the network over the volume
+    assert rows["volume", "passes_per_volume (2 steps x 2 samples)"] == "4"
+    assert float(rows["volume", "one_pass_patch_16_batch_2"]) > 0
+    assert float(rows["bf16", "relative_l2_vs_float32"]) >= 0
+    for side in (16, 24):
+        assert float(rows["inference", f"patch_{side}_batch_1_seconds"]) > 0
