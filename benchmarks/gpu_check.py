@@ -140,7 +140,8 @@ def check_training(config: dict, volume: tuple[int, ...], device: torch.device, 
     tcfg = config["train"]
     sync.reset_peak()
     step = median_seconds(loop.train_step, sync, repeats=3 if smoke else 20, warmup=2 if smoke else 5)
-    draw = median_seconds(lambda: loop.sampler.sample(loop.batch), sync, repeats=3 if smoke else 20, warmup=1)
+    draw = median_seconds(lambda: loop.sampler.batch(loop.step, range(loop.batch)), sync, repeats=3 if smoke else 20,
+                          warmup=1)
     steps = int(tcfg["steps"])
     rows += [
         ("train", "parameters", loop.n_params, "count"),

@@ -31,7 +31,7 @@ from mrisr.diffusion.cascade import stage_pair  # noqa: E402
 from mrisr.diffusion.schedule import make_schedule, q_sample  # noqa: E402
 from mrisr.inference import load_stage  # noqa: E402
 from mrisr.io import load_volume  # noqa: E402
-from mrisr.training import PatchSampler  # noqa: E402
+from mrisr.training import MemoryVolume, PatchSampler  # noqa: E402
 
 TIMESTEPS = (0, 100, 300, 500, 700, 900, 999)
 
@@ -63,7 +63,8 @@ def main() -> None:
             mask = load_volume(res / "hr" / s / "brainmask.nii.gz")[0] > 0
             pairs.append(stage_pair(hr, lr, mask, factors, stage.stage, int(cfg["degrade"]["order"]), False))
         cond, target = (torch.from_numpy(a) for a in
-                        PatchSampler(pairs, int(cfg["train"]["patch_size"]), np.random.default_rng(5)).sample(args.patches))
+                        PatchSampler([MemoryVolume(p) for p in pairs], int(cfg["train"]["patch_size"]), 5)
+                        .batch(0, range(args.patches)))
         param = Parameterization.from_diffusion(d)
         scale = param.residual_scale
         schedule = make_schedule(d["schedule"], int(d["num_timesteps"]), float(d["noise_var"]))

@@ -1,6 +1,6 @@
 """Train one stage with config overrides on a finished run's data, for recipe comparisons.
 
-Reuses a results directory's hr/, lr/ and splits.tsv (so the cohort is not
+Reuses a results directory's hr/, lr/, stage-1 caches (cache/stage1/) and splits.tsv (so the cohort is not
 rebuilt), trains stage 1 with ``--set`` overrides of the run's config, and
 writes a results-like directory (symlinked data + models/stage1) that
 ``benchmarks/sampler_quality.py --results`` can score.
@@ -47,18 +47,11 @@ def main() -> None:
     for name in ("hr", "lr", "splits.tsv"):
         if not (out / name).exists():
             (out / name).symlink_to(res / name)
-    factor = 1
-    for f in config["cascade"]["factors"]:
-        factor *= f
     subjects = [p.name for p in (res / "hr").iterdir()]
     stage_dir = out / "models" / "stage1"
     run = StageRun(config, 0, str(stage_dir / "checkpoint.pt"), str(stage_dir / "train_log.tsv"))
-    job = TrainJob(
-        run, str(res / "splits.tsv"),
-        hr={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
-        lr={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
-        mask={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
-    )
+    caches = res / "cache" / "stage1"  # the workflow's stage caches (cache_stage); the recipe may not change them
+    job = TrainJob(run, str(res / "splits.tsv"), caches={s: str(caches / s) for s in subjects if (caches / s).is_dir()})
     pipeline.train(job, str(stage_dir / "loss.png"))
 
 

@@ -178,20 +178,14 @@ def train_reference(workdir: Path, payload: dict, out: Path) -> dict:
     """Train the stage of checkpoint ``payload`` again, straight and in this process, on the
     workflow's files in ``workdir``; returns the new checkpoint (the uninterrupted reference)."""
     from mrisr.data.splits import read_splits
-    from mrisr.diffusion.cascade import total_factor
     from mrisr.pipeline import train
     from mrisr.training import StageRun, TrainJob
 
     res = workdir / "results"
     subjects = read_splits(res / "splits.tsv")
-    factor = total_factor(payload["config"]["cascade"]["factors"])
     run = StageRun(payload["config"], payload["stage"], str(out / "checkpoint.pt"), str(out / "log.tsv"))
-    job = TrainJob(
-        run, str(res / "splits.tsv"),
-        hr={s: str(res / "hr" / s / "T1w_brain.nii.gz") for s in subjects},
-        lr={s: str(res / "lr" / s / f"x{factor}.nii.gz") for s in subjects},
-        mask={s: str(res / "hr" / s / "brainmask.nii.gz") for s in subjects},
-    )
+    cache = res / "cache" / f"stage{payload['stage'] + 1}"
+    job = TrainJob(run, str(res / "splits.tsv"), caches={s: str(cache / s) for s in subjects if (cache / s).is_dir()})
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -417,3 +417,13 @@ def test_page_number_formatting():
 def test_uncertainty_section_without_samples_says_how_to_get_one():
     html = page.uncertainty_section(None, None, {"n_samples": 1}, 0)
     assert "n_samples = 1" in html and "sd.nii.gz" in html and "<img" not in html
+
+
+def test_training_cost_takes_its_peak_memory_from_the_train_log():
+    from mrisr.report.tables import Cost, with_training_peaks
+
+    costs = [Cost("train_stage", "stage1", 10.0, 9.0, 100.0, 1), Cost("train_stage", "stage2", 10.0, 9.0, 120.0, 1),
+             Cost("super_resolve", "demo03", 5.0, 4.0, 300.0, 1)]
+    logs = [{"step": [1.0, 2.0], "peak_rss_mb": [900.0, 1500.0]}, {"step": [1.0]}]  # stage 2: an older log
+    out = with_training_peaks(costs, logs)
+    assert [c.max_rss_mb for c in out] == [1500.0, 120.0, 300.0]

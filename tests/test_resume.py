@@ -29,7 +29,6 @@ from mrisr.data.degrade import downsample
 from mrisr.data.splits import write_splits
 from mrisr.diffusion.cascade import stage_pair
 from mrisr.distributed import World, requested_gpus
-from mrisr.io import save_volume
 from mrisr.resume import RESUME_NAME, StopSignals, TrainingInterrupted
 from mrisr.training import StageRun, TrainJob, train_stage
 
@@ -210,27 +209,27 @@ def test_requested_gpus_reads_the_resources_the_plugin_reads():
 
 @pytest.fixture(scope="module")
 def stage_files(tmp_path_factory):
-    """HR/LR/mask NIfTIs and a split on disk, as the workflow hands them to pipeline.train."""
+    """Stage caches and a split on disk, as the workflow hands them to pipeline.train."""
+    from mrisr.training import write_stage_cache
+
     folder = tmp_path_factory.mktemp("ddp_inputs")
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    paths: dict[str, dict[str, str]] = {"hr": {}, "lr": {}, "mask": {}}
+    caches: dict[str, str] = {}
     for k, subject in enumerate(("s1", "s2", "s3")):
         hr, mask = _volumes(k)
-        for kind, data in (("hr", hr), ("lr", downsample(hr, 4)), ("mask", mask.astype(np.uint8))):
-            paths[kind][subject] = str(folder / f"{subject}_{kind}.nii.gz")
-            save_volume(paths[kind][subject], data, affine)
+        caches[subject] = str(folder / subject)
+        write_stage_cache(stage_pair(hr, downsample(hr, 4), mask, [2, 2], 0), caches[subject], [8.0, 8.0, 8.0])
     write_splits(folder / "splits.tsv", {"s1": "train", "s2": "train", "s3": "val"})
-    return paths, str(folder / "splits.tsv")
+    return caches, str(folder / "splits.tsv")
 
 
 def _train_kwargs(stage_files, config, out: Path, steps: int, checkpoint_every: int = 0, **extra) -> dict:
     """pipeline.train's arguments: the job (as JSON) and how to run it."""
-    paths, splits = stage_files
+    caches, splits = stage_files
     cfg = copy.deepcopy(config)
     cfg["device"] = "cpu"
     cfg["train"].update(batch_size=4, steps=steps)
     run = StageRun(cfg, 0, str(out / "checkpoint.pt"), str(out / "log.tsv"), checkpoint_every=checkpoint_every)
-    job = TrainJob(run, splits, hr=paths["hr"], lr=paths["lr"], mask=paths["mask"])
+    job = TrainJob(run, splits, caches=caches)
     return dict(job=job.to_json(), out_plot=str(out / "loss.png"), **extra)
 
 

@@ -25,9 +25,11 @@ from conftest import (
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Slurm jobs per rule (or group) of the tiny config: fetch, skullstrip and make_lr of a subject
-# form one job of the group "preprocess"; split, collect_metrics, plot_slices and report are local rules.
+# form one job of the group "preprocess"; cache_stage runs once per stage (2) and train/val subject (3);
+# split, collect_metrics, plot_slices and report are local rules.
 PREPROCESS = "preprocess_fetch_make_lr_skullstrip"  # the plugin names a group job by group and rules
-EXPECTED_JOBS = {PREPROCESS: 4, "train_stage": 2, "super_resolve": 1, "baseline": 1, "evaluate": 1}
+EXPECTED_JOBS = {PREPROCESS: 4, "cache_stage": 6, "train_stage": 2, "super_resolve": 1, "baseline": 1,
+                 "evaluate": 1}
 GPU_RULES = ("train_stage", "super_resolve")
 
 

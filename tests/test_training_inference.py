@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -124,21 +126,21 @@ def test_data_consistency_reproduces_the_lr_volume():
 def test_flip_augmentation_mirrors_condition_and_target_alike():
     from mrisr.diffusion.cascade import StagePair
     from mrisr.inference import FLIPS
-    from mrisr.training import PatchSampler
+    from mrisr.training import MemoryVolume, PatchSampler
 
     # Values that increase in C order: exactly one of the 8 flips restores that order in a patch.
     cond = np.arange(1, 16 ** 3 + 1, dtype=np.float32).reshape(16, 16, 16)
     mask = np.zeros(cond.shape, bool)
     mask[4:12, 4:12, 4:12] = True  # centres whose 8^3 patches lie inside the volume
-    pair = StagePair(cond=cond, target=-cond, mask=mask)
-    c, t = PatchSampler([pair], 8, np.random.default_rng(0), flip=True).sample(64)
+    volume = MemoryVolume(StagePair(cond=cond, target=-cond, mask=mask))
+    c, t = PatchSampler([volume], 8, seed=0, flip=True).batch(0, range(64))
     np.testing.assert_array_equal(t, -c)  # condition and target mirrored alike
     seen = []
     for patch in c[:, 0]:
         ordered = np.sort(patch.ravel()).reshape(patch.shape)
         seen += [axes for axes in FLIPS if np.array_equal(np.flip(patch, axes), ordered)]
     assert len(seen) == 64 and set(seen) == set(FLIPS)
-    c, _ = PatchSampler([pair], 8, np.random.default_rng(0)).sample(16)
+    c, _ = PatchSampler([volume], 8, seed=0).batch(0, range(16))
     assert all(np.all(np.diff(p.ravel()) > 0) for p in c[:, 0])  # flip off: patches as stored
 
 
@@ -273,6 +275,9 @@ def test_edm_prediction_trains_passes_a_clean_input_through_and_samples(tmp_path
     ckpt = tmp_path / "edm.pt"
     result = train_stage(pairs[:2], pairs[2:], StageRun(cfg, 0, ckpt, tmp_path / "log.tsv"), log=lambda m: None)
     assert np.isfinite(result.final_val_loss)
+    log_rows = list(csv.DictReader(open(tmp_path / "log.tsv"), delimiter="\t"))
+    assert 100 < float(log_rows[-1]["peak_rss_mb"]) < 100_000  # the process's VmHWM, MB
+    assert 0 <= float(log_rows[-1]["data_wait_s"]) <= float(log_rows[-1]["seconds"])
     stage = load_stage(ckpt, torch.device("cpu"))
     bound0 = float(analytic.bound(full_schedule(cfg["diffusion"]), np.array([0]))[0])
     assert stage.x0_mse["mse"][0] < 10 * bound0 < load_stage(checkpoints[0], torch.device("cpu")).x0_mse["mse"][0]

@@ -88,7 +88,7 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     proc = run_snakemake(workdir, "--forcerun", "make_lr")
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts == {
-        "make_lr": 4, "train_stage": 2, "super_resolve": 1, "baseline": 1,
+        "make_lr": 4, "cache_stage": 6, "train_stage": 2, "super_resolve": 1, "baseline": 1,
         "evaluate": 1, "collect_metrics": 1, "plot_slices": 1, "report": 1, "all": 1,
     }
     assert hr_file.stat().st_mtime_ns == hr_mtime, "upstream outputs are not rewritten"

@@ -7,16 +7,21 @@ from typing import Mapping
 MODEL_SECTIONS = ("cascade", "degrade", "diffusion", "model", "train")
 
 
+RUN_ONLY = ("checkpoint_every", "loader_workers")  # train keys that do not change the trained model
+
+
 def model_config(config: Mapping) -> dict:
     """The part of the workflow config a trained model depends on.
 
-    Sections cascade, degrade, diffusion, model and train, less
-    ``train.checkpoint_every``: resuming is exact, so how often training saves
-    its resume checkpoint does not change the model, and changing it must not
-    re-run training.
+    Sections cascade, degrade, diffusion, model and train, less what only
+    says how a run proceeds (``RUN_ONLY``): resuming is exact, so how often
+    training saves its resume checkpoint does not change the model, nor do
+    the processes that make its patches (each step's patches are a function
+    of the seed and the step); changing them must not re-run training.
     """
     out = {key: dict(config[key]) for key in MODEL_SECTIONS}
-    out["train"].pop("checkpoint_every", None)
+    for key in RUN_ONLY:
+        out["train"].pop(key, None)
     return out
 
 

@@ -195,3 +195,68 @@ def normalise_intensity(
     out = np.clip(volume / scale, 0.0, 1.0).astype(np.float32)
     out[~mask] = 0.0
     return out
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """An uncompressed, C-ordered ``.npy`` file, written through ``atomic_path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+class NpyArray:
+    """A read-only 3D ``.npy`` file whose boxes are read with ``os.pread``, never loaded or memory-mapped.
+
+    A box costs one read per index of its first axis, each of a contiguous
+    run of whole rows: the process holds the box, not the volume (a memory
+    map would count every page it touched towards the process's resident
+    size). Boxes may reach outside the volume: that part reads as zeros. The
+    file is opened on first use, so an ``NpyArray`` can be pickled into a
+    data-loader worker before it is read.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        with open(self.path, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(fh)
+            except ValueError as err:
+                raise VolumeError(f"{self.path}: not a .npy file ({err})") from None
+            self.offset = fh.tell()
+        if fortran or len(shape) != 3 or dtype.hasobject:
+            raise VolumeError(f"{self.path}: expected a C-ordered 3D numeric array, found shape {shape} "
+                              f"{'(Fortran order) ' if fortran else ''}of {dtype}")
+        self.shape, self.dtype = tuple(int(s) for s in shape), dtype
+        self._fd: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        """The array's values in ``box`` (slices with start and stop, step 1), zeros outside the volume."""
+        out = np.zeros([b.stop - b.start for b in box], self.dtype)
+        inside = [slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(box, self.shape)]
+        if any(s.start >= s.stop for s in inside):
+            return out
+        (x, y, z), (_, ny, nz) = inside, self.shape
+        item, rows = self.dtype.itemsize, y.stop - y.start
+        for i in range(x.start, x.stop):
+            start = self.offset + ((i * ny + y.start) * nz) * item
+            raw = os.pread(self._file(), rows * nz * item, start)
+            if len(raw) != rows * nz * item:
+                raise VolumeError(f"{self.path}: file ends early (truncated .npy)")
+            out[i - box[0].start, y.start - box[1].start:y.stop - box[1].start,
+                z.start - box[2].start:z.stop - box[2].start] = np.frombuffer(raw, self.dtype).reshape(rows, nz)[:, z]
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -21,7 +21,7 @@ from mrisr.data.local import LocalScan
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.sources import fetch_subject
 from mrisr.data.splits import split_subjects, write_splits
-from mrisr.io import check_contrast, check_same_grid, load_volume, save_volume, write_tsv
+from mrisr.io import check_contrast, check_same_grid, load_volume, save_volume, voxel_sizes, write_tsv
 
 if TYPE_CHECKING:  # imported where used: a job imports torch only if it trains or samples
     from mrisr.report import ReportInputs, ReportOutputs
@@ -72,6 +72,21 @@ def make_lr(hr_path: str, out_path: str, factor: int, order: int, antialias: boo
     lr = downsample(hr, factor, order, antialias)
     save_volume(out_path, lr, downsample_affine(affine, factor))
     log.info("%s -> %s: x%d, order %d, %s -> %s", hr_path, out_path, factor, order, hr.shape, lr.shape)
+
+
+def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[int], stage: int,
+                order: int, antialias: bool, out_dir: str) -> None:
+    """Write one subject's training pair of ``stage`` (0-based) to ``out_dir`` (``training.cache``)."""
+    from mrisr.diffusion.cascade import stage_pair
+    from mrisr.training.cache import write_stage_cache
+
+    hr, hr_affine = load_volume(hr_path)
+    lr, lr_affine = load_volume(lr_path)
+    mask, mask_affine = load_volume(mask_path)
+    check_same_grid(mask, mask_affine, mask_path, hr, hr_affine, hr_path)
+    pair = stage_pair(hr, lr, mask > 0, factors, stage, int(order), bool(antialias))
+    info = write_stage_cache(pair, out_dir, voxel_sizes(lr_affine))
+    log.info("%s: stage %d training pair %s, brain box %s..%s", out_dir, stage + 1, info.shape, *info.brain_box)
 
 
 def split(subjects: Sequence[str], seed: int, val_fraction: float, test_fraction: float, out_path: str) -> None:

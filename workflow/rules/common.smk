@@ -110,14 +110,14 @@ def fitting_subjects():
     return TRAIN_SUBJECTS + VAL_SUBJECTS
 
 
-def training_volumes(wildcards):
-    """HR, LR and mask files of the train and val subjects, by subject."""
-    subjects = fitting_subjects()
-    return {
-        "hr": expand(rules.skullstrip.output.t1, subject=subjects),
-        "lr": expand(rules.make_lr.output.lr, subject=subjects, factor=FACTOR),
-        "mask": expand(rules.skullstrip.output.mask, subject=subjects),
-    }
+def training_caches(wildcards):
+    """The stage's training caches (their cache.json, written last) of the train and val subjects."""
+    return expand(rules.cache_stage.output.info, stage=wildcards.stage, subject=fitting_subjects())
+
+
+def subject_lr(wildcards):
+    """A subject's LR volume at the cascade's total factor."""
+    return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
 
 
 def stage_index(wildcards):
@@ -149,7 +149,7 @@ def compare_sr(wildcards):
 
 
 def test_lr(wildcards):
-    return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
+    return subject_lr(wildcards)
 
 
 def uncertainty_input(wildcards):

@@ -1,3 +1,30 @@
+# cache_stage: one job per train/val subject and cascade stage: the stage's
+# condition, target and mask as uncompressed .npy files that training reads a
+# patch at a time (mrisr/training/cache.py), so a training job's memory does
+# not grow with the cohort and its first step does not wait for the cohort.
+rule cache_stage:
+    input:
+        hr=rules.skullstrip.output.t1,
+        lr=subject_lr,
+        mask=rules.skullstrip.output.mask,
+    output:
+        cond="results/cache/stage{stage}/{subject}/cond.npy",
+        target="results/cache/stage{stage}/{subject}/target.npy",
+        mask="results/cache/stage{stage}/{subject}/mask.npy",
+        info="results/cache/stage{stage}/{subject}/cache.json",
+    params:
+        stage=stage_index,
+        factors=FACTORS,
+        order=config["degrade"]["order"],
+        antialias=config["degrade"]["antialias"],
+    log:
+        "results/logs/cache_stage/stage{stage}_{subject}.log",
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/cache_stage.py"
+
+
 # train_stage: one job per cascade stage, on train subjects, validated on val.
 # It resumes from results/models/stage{k}/resume.pt when an earlier attempt was
 # stopped (time limit, pre-emption, Ctrl-C); GPU and DDP resources come from the profile.
@@ -5,7 +32,7 @@
 
 rule train_stage:
     input:
-        unpack(training_volumes),
+        caches=training_caches,
         splits=rules.split.output.tsv,
     output:
         checkpoint="results/models/stage{stage}/checkpoint.pt",
@@ -44,7 +71,7 @@ rule train_stage:
 # script, its own model/train settings, its files under results/compare/{name}/.
 rule train_compare:
     input:
-        unpack(training_volumes),
+        caches=training_caches,
         splits=rules.split.output.tsv,
     output:
         checkpoint="results/compare/{name}/models/stage{stage}/checkpoint.pt",

@@ -8,14 +8,14 @@ from mrisr.training import StageRun, TrainJob
 
 
 def by_subject(paths):
-    """results/<kind>/<subject>/<file> -> {subject: path}."""
-    return {Path(p).parent.name: p for p in paths}
+    """results/cache/stage<k>/<subject>/cache.json -> {subject: its cache directory}."""
+    return {Path(p).parent.name: str(Path(p).parent) for p in paths}
 
 
 # The number of GPUs the job asked for (Slurm profile: resources gpu=N) is the
 # number of DDP workers; without a GPU request training runs in this process.
-# Neither it nor train.checkpoint_every is a rule parameter: they do not
-# change the trained model, so changing them re-runs nothing.
+# Neither it nor train.checkpoint_every nor train.loader_workers is a rule
+# parameter: they do not change the trained model, so changing them re-runs nothing.
 run = StageRun(
     config={**snakemake.params.config, "device": snakemake.params.device},
     stage=snakemake.params.stage,
@@ -23,13 +23,12 @@ run = StageRun(
     log_tsv=snakemake.output.log_tsv,
     resume=snakemake.params.resume,
     checkpoint_every=snakemake.config["train"]["checkpoint_every"],
+    loader_workers=snakemake.config["train"]["loader_workers"],
 )
 job = TrainJob(
     run=run,
     splits=snakemake.input.splits,
-    hr=by_subject(snakemake.input.hr),
-    lr=by_subject(snakemake.input.lr),
-    mask=by_subject(snakemake.input.mask),
+    caches=by_subject(snakemake.input.caches),
 )
 run_stage(
     snakemake,

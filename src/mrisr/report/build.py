@@ -160,7 +160,7 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs) -> dict[str, floa
         summaries = tables.summarise(rows)
         logs = [tables.read_train_log(p) for p in inputs.train_logs]
         train = [tables.summarise_training(log_, k + 1) for k, log_ in enumerate(logs)]
-        costs = [tables.read_benchmark(p) for p in inputs.benchmarks]
+        costs = tables.with_training_peaks([tables.read_benchmark(p) for p in inputs.benchmarks], logs)
         write_summary_tsv(outputs.summary_tsv, summaries)
         write_cost_tsv(outputs.cost_tsv, costs)
     with timed("figures", timings):

@@ -277,7 +277,8 @@ def cost_section(costs: Sequence[Cost], train: Sequence[TrainingSummary], device
         by_rule.setdefault(c.rule, []).append(c)
     parts = ['<h2 id="cost">Cost</h2>',
              f'<p class="note">From Snakemake\'s <code>benchmark:</code> files (<code>results/benchmarks/</code>): '
-             f"wall-clock time, CPU time and peak resident memory of each job; configured device: "
+             f"wall-clock time, CPU time and peak resident memory of each job (for training, the training "
+             f"process's high-water mark VmHWM from its train log); configured device: "
              f"<code>{esc(device)}</code>.</p>"]
     steps = {f"stage{t.stage}": t.steps for t in train}
     order = list(COST_TITLES)  # training, inference, evaluation; any other rule after them

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -164,6 +164,14 @@ def read_benchmark(path: str | Path) -> Cost:
         rule=path.parent.name, job=path.stem, seconds=mean("s"), cpu_seconds=mean("cpu_time"),
         max_rss_mb=max(rss) if rss else float("nan"), repeats=len(rows),
     )
+
+
+def with_training_peaks(costs: Sequence[Cost], logs: Sequence[Mapping[str, Sequence[float]]]) -> list[Cost]:
+    """The costs, with each main training job's peak memory from its train log (``peak_rss_mb``, the
+    kernel's high-water mark VmHWM) where the log has it: Snakemake's ``benchmark:`` samples memory
+    too sparsely to see a short job's peak."""
+    peaks = {f"stage{k + 1}": max(log["peak_rss_mb"]) for k, log in enumerate(logs) if log.get("peak_rss_mb")}
+    return [replace(c, max_rss_mb=peaks[c.job]) if c.rule == "train_stage" and c.job in peaks else c for c in costs]
 
 
 def hms(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""One ``train_stage`` job of the workflow: its files, read into training data, and trained.
+"""One ``train_stage`` job of the workflow: its stage caches, opened as training data, and trained.
 
 A ``TrainJob`` holds plain values only (paths, the config, the stage), so the
 job's process hands it to DDP workers as JSON (``to_json`` / ``from_json``)
@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
+
 from mrisr.data.splits import read_splits
-from mrisr.diffusion.cascade import StagePair, stage_pair
 from mrisr.distributed import World
-from mrisr.io import load_volume, voxel_sizes
 from mrisr.resume import StopSignals
+from mrisr.training.cache import CachedVolume, read_cache_info
 from mrisr.training.loop import StageRun, TrainResult, train_stage
 
 log = logging.getLogger("mrisr")
@@ -23,16 +23,15 @@ log = logging.getLogger("mrisr")
 
 @dataclass(frozen=True)
 class TrainJob:
-    """A stage to train (``run``) on the subjects of a split file, from their HR, LR and mask NIfTIs.
+    """A stage to train (``run``) on the subjects of a split file, from their stage caches.
 
-    ``hr``, ``lr`` and ``mask`` map each train and val subject to its file.
+    ``caches`` maps each train and val subject to its cache directory
+    (``training.cache.write_stage_cache``: the workflow's ``cache_stage`` rule).
     """
 
     run: StageRun
     splits: str
-    hr: dict[str, str] = field(default_factory=dict)
-    lr: dict[str, str] = field(default_factory=dict)
-    mask: dict[str, str] = field(default_factory=dict)
+    caches: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -46,31 +45,25 @@ class TrainJob:
         """The job's subjects in ``split`` (train or val), sorted."""
         return sorted(s for s, v in read_splits(self.splits).items() if v == split)
 
-    def pairs(self, split: str) -> list[StagePair]:
-        """The stage's condition, target and mask of every subject in ``split``."""
-        cfg = self.run.config
-        factors, degrade = cfg["cascade"]["factors"], cfg["degrade"]
-        out = []
-        for subject in self.subjects(split):
-            hr, _ = load_volume(self.hr[subject])
-            lr, _ = load_volume(self.lr[subject])
-            mask, _ = load_volume(self.mask[subject])
-            out.append(stage_pair(hr, lr, mask > 0, factors, self.run.stage,
-                                  int(degrade["order"]), bool(degrade["antialias"])))
-        return out
+    def volumes(self, split: str) -> list[CachedVolume]:
+        """The stage's cached condition, target and mask of every subject in ``split``, opened, not read."""
+        missing = [s for s in self.subjects(split) if s not in self.caches]
+        if missing:
+            raise ValueError(f"{self.splits}: {split} subject(s) {', '.join(missing)} have no stage cache")
+        return [CachedVolume(self.caches[s]) for s in self.subjects(split)]
 
     def with_lr_voxel_size(self) -> "TrainJob":
         """The job with the training LR's voxel size in its config (``data.lr_voxel_size_mm``), so that it
         travels with the checkpoint and ``mrisr super-resolve`` can warn about scans of another resolution."""
         first = self.subjects("train")[0]
-        voxel = [float(v) for v in voxel_sizes(load_volume(self.lr[first])[1])]
+        voxel = list(read_cache_info(self.caches[first]).lr_voxel_size_mm)
         return replace(self, run=replace(self.run, config={**self.run.config, "data": {"lr_voxel_size_mm": voxel}}))
 
 
 def run_job(job: TrainJob, stop: StopSignals, world: World | None = None) -> TrainResult:
-    """Read the job's volumes and train its stage (``train_stage``); ``stop`` holds the stop signals."""
+    """Open the job's stage caches and train its stage (``train_stage``); ``stop`` holds the stop signals."""
     job = job.with_lr_voxel_size()
-    result = train_stage(job.pairs("train"), job.pairs("val"), job.run, world=world, log=log.info, stop=stop)
+    result = train_stage(job.volumes("train"), job.volumes("val"), job.run, world=world, log=log.info, stop=stop)
     if world is None or world.is_main:
         log.info("stage %d trained: %d steps in %.0f s, val loss %.5f",
                  job.run.stage, result.steps, result.seconds, result.final_val_loss)

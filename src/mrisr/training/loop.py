@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import copy
 import math
+import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,9 +48,16 @@ from mrisr.resume import (
     rng_state,
     set_rng_state,
 )
-from mrisr.training.patches import PatchSampler
+from mrisr.training.cache import MemoryVolume, PatchSource
+from mrisr.training.patches import PatchSampler, batch_loader
 
-LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds", "parameters")
+LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds", "parameters", "peak_rss_mb", "data_wait_s")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident size so far (Linux: VmHWM), MB. Loader workers are processes of their own."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 1024 ** 2 if sys.platform == "darwin" else peak / 1024
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,19 @@ class StageRun:
     log_tsv: str
     resume: str | None = None
     checkpoint_every: int = 0
+    loader_workers: int | None = None  # processes that make patches ahead of the loop; None: see ``workers``
 
     @property
     def resume_path(self) -> Path:
         return Path(self.resume) if self.resume else default_resume_path(self.checkpoint)
+
+    def workers(self, device: torch.device) -> int:
+        """Loader processes: ``loader_workers`` if set; by default, on a GPU, one per CPU thread of this
+        training process but its own (``torch.get_num_threads()`` - 1), and none on the CPU, where the
+        network's step is slow beside a patch's reading and every core already computes it."""
+        if self.loader_workers is not None:
+            return int(self.loader_workers)
+        return max(0, torch.get_num_threads() - 1) if device.type == "cuda" else 0
 
 
 @dataclass
@@ -80,6 +98,7 @@ class TrainResult:
     final_train_loss: float
     final_val_loss: float
     seconds: float
+    data_wait_seconds: float = 0.0  # of ``seconds``, spent waiting for patches
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -132,9 +151,9 @@ class _ValidationBatch:
     noise: torch.Tensor
 
     @classmethod
-    def draw(cls, pairs: Sequence[StagePair], patch: int, n: int, seed: int, num_timesteps: int) -> "_ValidationBatch":
+    def draw(cls, volumes: Sequence[PatchSource], patch: int, n: int, seed: int, num_timesteps: int) -> "_ValidationBatch":
         gen = torch.Generator().manual_seed(seed)
-        cond, target = (torch.from_numpy(a) for a in PatchSampler(pairs, patch, np.random.default_rng(seed)).sample(n))
+        cond, target = (torch.from_numpy(a) for a in PatchSampler(volumes, patch, seed).batch(0, range(n)))
         t = torch.linspace(0, num_timesteps - 1, n).round().long()
         return cls(cond, target, t, torch.randn(cond.shape, generator=gen))
 
@@ -143,15 +162,17 @@ class TrainLoop:
     """The state of one stage's training and the steps that advance it.
 
     Everything a step depends on is an attribute: model, EMA, optimiser, the
-    numpy Generator that draws patches and timesteps, the torch Generator that
-    draws the noise, the loss log so far. ``state_dict`` and
+    numpy Generator that draws timesteps, the torch Generator that draws the
+    noise, the loss log so far; the step's patches are a function of the seed
+    and the step (``training.patches``), made ahead by the loader's workers. ``state_dict`` and
     ``load_state_dict`` capture and restore all of it (``mrisr.resume``).
     Every DDP worker (``world``) draws the whole global batch from the same
     streams and keeps its own rows.
     """
 
     def __init__(
-        self, train_pairs: Sequence[StagePair], val_pairs: Sequence[StagePair], run: StageRun, world: World,
+        self, train: Sequence[PatchSource | StagePair], val: Sequence[PatchSource | StagePair], run: StageRun,
+        world: World,
     ) -> None:
         tcfg = run.config["train"]
         self.run, self.world, self.tcfg = run, world, tcfg
@@ -171,13 +192,15 @@ class TrainLoop:
             raise ValueError(f"train.batch_size {self.batch} is smaller than the {world.size} training workers")
         self.rows = world.rows(self.batch)
         self.share = (self.rows.stop - self.rows.start) / self.batch  # this worker's part of the batch mean
-        self.sampler = PatchSampler(train_pairs, self.patch, self.rng, flip=bool(tcfg.get("flip", False)))
-        self.val = _ValidationBatch.draw(val_pairs, self.patch, int(tcfg["val_patches"]), seed + 1,
+        train, val = sources(train), sources(val)
+        self.sampler = PatchSampler(train, self.patch, seed, flip=bool(tcfg.get("flip", False)))
+        self.val = _ValidationBatch.draw(val, self.patch, int(tcfg["val_patches"]), seed + 1,
                                          self.schedule.num_timesteps)
         self.noise_gen = torch.Generator().manual_seed(seed + 2)
-        self.data = data_fingerprint([*train_pairs, *val_pairs])
+        self.data = data_fingerprint([v.digest for v in (*train, *val)])
         self.step, self.log_rows, self.running, self.count = 0, [], 0.0, 0
-        self.val_loss, self.seconds_before = float("nan"), 0.0
+        self.val_loss, self.seconds_before, self.data_wait, self.data_wait_before = float("nan"), 0.0, 0.0, 0.0
+        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def n_params(self) -> int:
@@ -195,7 +218,8 @@ class TrainLoop:
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(self.rng, self.noise_gen, dev),
             "progress": {"rows": [list(r) for r in self.log_rows], "running": self.running, "count": self.count,
-                         "val_loss": self.val_loss, "seconds": seconds},
+                         "val_loss": self.val_loss, "seconds": seconds,
+                         "data_wait": self.data_wait_before + self.data_wait},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -209,6 +233,22 @@ class TrainLoop:
         self.log_rows = [tuple(r) for r in progress["rows"]]
         self.running, self.count = float(progress["running"]), int(progress["count"])
         self.val_loss, self.seconds_before = float(progress["val_loss"]), float(progress["seconds"])
+        self.data_wait_before = float(progress["data_wait"])
+
+    def next_patches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's rows of the current step's batch, from the loader (started at the current step)."""
+        if self.batches is None:
+            pin = self.world.device.type == "cuda"
+            self.batches = batch_loader(self.sampler, range(self.rows.start, self.rows.stop), self.step,
+                                        self.steps, self.run.workers(self.world.device), pin)
+        start = time.perf_counter()
+        patches = next(self.batches)
+        self.data_wait += time.perf_counter() - start
+        return patches
+
+    def close(self) -> None:
+        """Stop the loader's worker processes."""
+        self.batches = None
 
     def train_step(self) -> tuple[float, float]:
         """One optimiser step on this worker's rows of the next global batch.
@@ -219,8 +259,7 @@ class TrainLoop:
         lr = lr_at(self.step, float(self.tcfg["lr"]), int(self.tcfg["warmup_steps"]), self.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        cond_np, target_np = self.sampler.sample(batch, rows)
-        cond, volume = torch.from_numpy(cond_np).to(dev), torch.from_numpy(target_np).to(dev)
+        cond, volume = (x.to(dev, non_blocking=True) for x in self.next_patches())
         t = torch.from_numpy(self.rng.integers(0, self.schedule.num_timesteps, size=batch)[rows]).long().to(dev)
         noise = torch.randn((batch, *cond.shape[1:]), generator=self.noise_gen)[rows].to(dev)
         self.model.train()
@@ -251,8 +290,12 @@ class TrainLoop:
         if self.world.is_main:
             self.val_loss = self.validate()
         train_loss, seconds = self.running / self.count, elapsed()
-        self.log_rows.append((self.step, train_loss, self.val_loss, lr, seconds))
-        log(f"step {self.step}/{self.steps}  train {train_loss:.5f}  val {self.val_loss:.5f}  lr {lr:.2e}  {seconds:.0f}s")
+        self.log_rows.append((self.step, train_loss, self.val_loss, lr, seconds, peak_rss_mb(),
+                              self.data_wait_before + self.data_wait))
+        wait = self.data_wait_before + self.data_wait
+        waited = f"  waited for data {100 * wait / seconds:.0f}%" if seconds > 0 else ""
+        log(f"step {self.step}/{self.steps}  train {train_loss:.5f}  val {self.val_loss:.5f}  lr {lr:.2e}  "
+            f"{seconds:.0f}s{waited}")
         self.running, self.count = 0.0, 0
 
     def final_checkpoint(self, seconds: float, log: Callable[[str], None]) -> dict:
@@ -272,16 +315,22 @@ class TrainLoop:
         return final
 
     def write_log(self, path: str | Path) -> None:
-        """The loss log, one row per validation step (LOG_COLUMNS); the parameter count on every row."""
-        rows = [(f"{s}", f"{tr:.6g}", f"{va:.6g}", f"{lr:.6g}", f"{sec:.2f}", f"{self.n_params}")
-                for s, tr, va, lr, sec in self.log_rows]
+        """The loss log, one row per validation step (LOG_COLUMNS): the parameter count on every row, and
+        so far the process's peak resident size and the seconds it waited for patches."""
+        rows = [(f"{s}", f"{tr:.6g}", f"{va:.6g}", f"{lr:.6g}", f"{sec:.2f}", f"{self.n_params}", f"{rss:.0f}",
+                 f"{wait:.2f}") for s, tr, va, lr, sec, rss, wait in self.log_rows]
         with atomic_path(path) as tmp:
             write_tsv(tmp, LOG_COLUMNS, rows)
 
 
+def sources(volumes: Sequence[PatchSource | StagePair]) -> list[PatchSource]:
+    """Training volumes as patch sources: cached volumes as they are, in-memory pairs wrapped."""
+    return [MemoryVolume(v) if isinstance(v, StagePair) else v for v in volumes]
+
+
 def train_stage(
-    train_pairs: Sequence[StagePair],
-    val_pairs: Sequence[StagePair],
+    train: Sequence[PatchSource | StagePair],
+    val: Sequence[PatchSource | StagePair],
     run: StageRun,
     *,
     world: World | None = None,
@@ -290,6 +339,9 @@ def train_stage(
     stop: StopSignals | None = None,
 ) -> TrainResult:
     """Train the U-Net of one cascade stage and write its checkpoint and loss log.
+
+    ``train`` and ``val`` are the stage's volumes: cached on disk
+    (``training.cache.CachedVolume``) or in memory (``StagePair``).
 
     Training resumes from ``run.resume_path`` when that file belongs to this
     stage, config and data; it writes that file every ``run.checkpoint_every``
@@ -303,10 +355,10 @@ def train_stage(
     """
     if world is None:
         world = World(device=pick_device(run.config.get("device", "auto")))
-    loop = TrainLoop(train_pairs, val_pairs, run, world)
+    loop = TrainLoop(train, val, run, world)
     workers = f" x {world.size} workers" if world.size > 1 else ""
     log(f"stage {run.stage}: U-Net with {loop.n_params:,} parameters on {world.device}{workers}; "
-        f"{len(train_pairs)} train, {len(val_pairs)} val volumes")
+        f"{len(train)} train, {len(val)} val volumes; {run.workers(world.device)} loader process(es)")
     if stop is not None:
         return _run(loop, log, on_step, stop)
     with StopSignals() as own:
@@ -324,19 +376,22 @@ def _run(loop: TrainLoop, log: Callable[[str], None], on_step: Callable[[int], N
     start = time.perf_counter()
     elapsed = lambda: loop.seconds_before + time.perf_counter() - start  # noqa: E731
     Path(run.log_tsv).parent.mkdir(parents=True, exist_ok=True)
-    while loop.step < loop.steps:
-        lr, loss_share = loop.train_step()
-        if on_step is not None:
-            on_step(loop.step)
-        batch_loss, stops = world.sum([loss_share, float(stop.requested)])
-        loop.record(batch_loss, lr, elapsed, log)
-        every = run.checkpoint_every
-        if loop.step < loop.steps and (stops > 0 or (every and loop.step % every == 0)):
-            if world.is_main:
-                save_checkpoint(run.resume_path, loop.state_dict(elapsed()))
-            world.barrier()  # no worker leaves before the checkpoint is on disk
-            if stops > 0:
-                raise TrainingInterrupted(loop.step, run.resume_path, stop.received or "a signal to another worker")
+    try:
+        while loop.step < loop.steps:
+            lr, loss_share = loop.train_step()
+            if on_step is not None:
+                on_step(loop.step)
+            batch_loss, stops = world.sum([loss_share, float(stop.requested)])
+            loop.record(batch_loss, lr, elapsed, log)
+            every = run.checkpoint_every
+            if loop.step < loop.steps and (stops > 0 or (every and loop.step % every == 0)):
+                if world.is_main:
+                    save_checkpoint(run.resume_path, loop.state_dict(elapsed()))
+                world.barrier()  # no worker leaves before the checkpoint is on disk
+                if stops > 0:
+                    raise TrainingInterrupted(loop.step, run.resume_path, stop.received or "a signal to another worker")
+    finally:
+        loop.close()
     seconds = elapsed()
     if world.is_main:
         save_checkpoint(run.checkpoint, loop.final_checkpoint(seconds, log))
@@ -344,4 +399,4 @@ def _run(loop: TrainLoop, log: Callable[[str], None], on_step: Callable[[int], N
         run.resume_path.unlink(missing_ok=True)
     world.barrier()
     last = loop.log_rows[-1][1] if loop.log_rows else float("nan")
-    return TrainResult(loop.steps, last, loop.val_loss, seconds)
+    return TrainResult(loop.steps, last, loop.val_loss, seconds, loop.data_wait_before + loop.data_wait)

@@ -1,60 +1,113 @@
-"""Random training patches centred on brain voxels."""
+"""Random training patches centred on brain voxels, and the loader that feeds them to a training loop.
+
+The patches of a step are a pure function of (seed, step, row): row r of
+step s comes from its own generator, ``numpy.random.default_rng([seed, s, r])``.
+So any process can make any part of any step's batch: data-loader workers
+make whole batches ahead of the loop, DDP workers make only their own rows,
+and a resumed run continues with exactly the patches it would have had.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import signal
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
+import torch
 
-from mrisr.diffusion.cascade import StagePair
+from mrisr.resume import STOP_SIGNALS
+from mrisr.training.cache import PatchSource
+
+MAX_TRIES = 10_000  # draws in a volume's brain box before giving up on finding a brain voxel
+
+
+@dataclass(frozen=True)
+class Pick:
+    """Where one patch comes from: volume ``k``, the voxel at its centre, and the axes it is mirrored along."""
+
+    k: int
+    centre: tuple[int, int, int]
+    axes: tuple[int, ...]
 
 
 class PatchSampler:
-    """Random cubic patches centred on brain voxels, drawn with a seeded numpy Generator.
+    """Random cubic patches centred on brain voxels of ``volumes`` (``training.cache.PatchSource``).
 
-    Volumes are zero-padded by half a patch so centres near the edge are valid.
-    ``sample(n)`` returns (cond, target), float32 arrays of shape (n, 1, P, P, P).
-    With ``flip``, each patch pair is mirrored along a random subset of the three
-    axes (the same for condition and target): the degradation commutes with
-    mirroring, so this is label-preserving augmentation that also lets
-    inference average over mirrored inputs (``sampling.flip_ensemble``).
+    A pick chooses a volume uniformly, then a brain voxel uniformly: voxels are
+    drawn in the volume's brain box until one is inside the brain, so no list
+    of brain voxels is ever made. The patch is the box of side ``patch_size``
+    with that voxel at index ``patch_size // 2``; beyond the volume's edge it
+    reads zeros. With ``flip``, a patch pair is mirrored along a random subset
+    of the three axes (the same for condition and target): the degradation
+    commutes with mirroring, so this is label-preserving augmentation that
+    also lets inference average over mirrored inputs (``sampling.flip_ensemble``).
     """
 
-    def __init__(
-        self, pairs: Sequence[StagePair], patch_size: int, rng: np.random.Generator, flip: bool = False,
-    ) -> None:
-        if not pairs:
+    def __init__(self, volumes: Sequence[PatchSource], patch_size: int, seed: int, flip: bool = False) -> None:
+        if not volumes:
             raise ValueError("no training volumes")
-        self.patch_size = patch_size
-        self.rng = rng
-        self.flip = flip
-        half = patch_size // 2
-        pad = [(half, patch_size - half)] * 3
-        self.cond = [np.pad(p.cond, pad) for p in pairs]
-        self.target = [np.pad(p.target, pad) for p in pairs]
-        self.centres = [np.argwhere(p.mask) for p in pairs]
-        for k, c in enumerate(self.centres):
-            if len(c) == 0:
-                raise ValueError(f"training volume {k} has an empty brain mask")
+        self.volumes, self.patch_size, self.seed, self.flip = list(volumes), patch_size, int(seed), flip
 
-    def sample(self, n: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n`` patch positions; return the patches of ``rows`` of them (all by default).
+    def pick(self, step: int, row: int) -> Pick:
+        """The patch of ``row`` in the batch of ``step``."""
+        rng = np.random.default_rng([self.seed, step, row])
+        k = int(rng.integers(len(self.volumes)))
+        volume = self.volumes[k]
+        lo, hi = volume.brain_box
+        for _ in range(MAX_TRIES):
+            centre = tuple(int(v) for v in rng.integers(lo, hi))
+            if volume.is_brain(centre):
+                break
+        else:
+            raise ValueError(f"training volume {k}: no brain voxel found in {MAX_TRIES} draws in its brain box")
+        axes = tuple(int(a) for a in np.flatnonzero(rng.integers(0, 2, size=3))) if self.flip else ()
+        return Pick(k, centre, axes)
 
-        The generator advances by ``n`` draws whatever ``rows`` is, so workers
-        that each keep their rows of one global batch stay in step.
-        """
+    def patch(self, pick: Pick) -> tuple[np.ndarray, np.ndarray]:
+        """The (condition, target) patch of a pick, each (P, P, P) float32."""
+        p, half = self.patch_size, self.patch_size // 2
+        box = tuple(slice(c - half, c - half + p) for c in pick.centre)
+        volume = self.volumes[pick.k]
+        return tuple(np.flip(volume.read(name, box), pick.axes).astype(np.float32) for name in ("cond", "target"))
+
+    def batch(self, step: int, rows: range) -> tuple[np.ndarray, np.ndarray]:
+        """The ``rows`` of step ``step``'s batch: (cond, target), each (len(rows), 1, P, P, P) float32."""
         p = self.patch_size
-        picks = []
-        for _ in range(n):
-            k = int(self.rng.integers(len(self.centres)))
-            centre = self.centres[k][int(self.rng.integers(len(self.centres[k])))]
-            axes = tuple(np.flatnonzero(self.rng.integers(0, 2, size=3))) if self.flip else ()
-            picks.append((k, centre, axes))
-        picks = picks[rows]
-        cond = np.empty((len(picks), 1, p, p, p), np.float32)
-        target = np.empty((len(picks), 1, p, p, p), np.float32)
-        for b, (k, c, axes) in enumerate(picks):
-            box = tuple(slice(int(x), int(x) + p) for x in c)  # padded coords: centre - half + half
-            cond[b, 0] = np.flip(self.cond[k][box], axes)
-            target[b, 0] = np.flip(self.target[k][box], axes)
+        cond = np.empty((len(rows), 1, p, p, p), np.float32)
+        target = np.empty((len(rows), 1, p, p, p), np.float32)
+        for b, row in enumerate(rows):
+            cond[b, 0], target[b, 0] = self.patch(self.pick(step, row))
         return cond, target
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step``: this worker's rows of that step's batch, as two tensors."""
+
+    def __init__(self, sampler: PatchSampler, rows: range) -> None:
+        self.sampler, self.rows = sampler, rows
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cond, target = self.sampler.batch(step, self.rows)
+        return torch.from_numpy(cond), torch.from_numpy(target)
+
+
+def _ignore_stop_signals(_: int) -> None:
+    """Loader workers leave stop signals to the training process, which saves and stops them."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def batch_loader(
+    sampler: PatchSampler, rows: range, start: int, stop: int, workers: int, pin_memory: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of steps ``start`` .. ``stop`` - 1 in order, made by ``workers`` processes (0: this one).
+
+    Workers make up to four batches each ahead of the loop; with ``pin_memory``
+    the batches come in page-locked memory, for asynchronous copies to the GPU.
+    """
+    loader = torch.utils.data.DataLoader(
+        StepBatches(sampler, rows), batch_size=None, sampler=range(start, stop), num_workers=workers,
+        pin_memory=pin_memory, prefetch_factor=4 if workers else None, worker_init_fn=_ignore_stop_signals,
+    )
+    return iter(loader)
