@@ -57,7 +57,8 @@ def checkpoints(tmp_path_factory, config):
         result = train_stage(pairs[:2], pairs[2:], StageRun(config, stage, ckpt, log), log=lambda m: None)
         assert result.steps == config["train"]["steps"] and np.isfinite(result.final_val_loss)
         lines = log.read_text().splitlines()
-        assert lines[0].split("\t") == ["step", "train_loss", "val_loss", "lr", "seconds", "parameters"]
+        assert lines[0].split("\t") == ["step", "train_loss", "val_loss", "lr", "seconds", "parameters", "peak_rss_mb",
+                                         "data_wait_s"]
         assert len(lines) == 1 + 2  # val_every 3 over 6 steps
         paths.append(ckpt)
     return paths
