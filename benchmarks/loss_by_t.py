@@ -58,7 +58,7 @@ def main() -> None:
         factor = int(np.prod(factors))
         pairs = []
         for s in subjects:
-            hr, _ = load_volume(res / "hr" / s / "T1w_brain.nii.gz")
+            hr, _ = load_volume(res / "hr" / s / "T1w.nii.gz")
             lr, _ = load_volume(res / "lr" / s / f"x{factor}.nii.gz")
             mask = load_volume(res / "hr" / s / "brainmask.nii.gz")[0] > 0
             pairs.append(stage_pair(hr, lr, mask, factors, stage.stage, int(cfg["degrade"]["order"]), False))

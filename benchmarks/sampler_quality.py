@@ -87,7 +87,7 @@ def load_run(results: Path) -> tuple[list[str], dict]:
 
 def load_subject(results: Path, subject: str, factor: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(HR, brain mask, LR) of a subject of the run, cut to the central ``crop``^3 HR box (0: whole)."""
-    hr, _ = load_volume(results / "hr" / subject / "T1w_brain.nii.gz")
+    hr, _ = load_volume(results / "hr" / subject / "T1w.nii.gz")
     mask = load_volume(results / "hr" / subject / "brainmask.nii.gz")[0] > 0
     lr, _ = load_volume(results / "lr" / subject / f"x{factor}.nii.gz")
     if crop:

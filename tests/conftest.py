@@ -202,7 +202,7 @@ def check_tiny_outputs(workdir: Path) -> None:
     test_subjects = sorted(s for s, v in splits.items() if v == "test")
     assert len(splits) == 4 and len(test_subjects) == 1
     for subject in splits:
-        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
+        hr = nib.load(res / "hr" / subject / "T1w.nii.gz")
         lr = nib.load(res / "lr" / subject / "x4.nii.gz")
         assert lr.shape == tuple(s // 4 for s in hr.shape)
         np.testing.assert_allclose(voxel_sizes(lr.affine), 4 * voxel_sizes(hr.affine))
@@ -210,7 +210,7 @@ def check_tiny_outputs(workdir: Path) -> None:
         assert (res / "models" / f"stage{stage}" / "checkpoint.pt").stat().st_size > 0
         assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
     for subject in test_subjects:
-        hr = nib.load(res / "hr" / subject / "T1w_brain.nii.gz")
+        hr = nib.load(res / "hr" / subject / "T1w.nii.gz")
         sr = nib.load(res / "sr" / subject / "sr.nii.gz")
         stage1 = nib.load(res / "sr" / subject / "stage1.nii.gz")
         assert sr.shape == hr.shape

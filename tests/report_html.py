@@ -68,7 +68,7 @@ def decode_data_uri(uri: str) -> tuple[str, bytes]:
 def read_metrics_tsv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    return [{**r, "psnr": float(r["psnr"]), "ssim": float(r["ssim"]), "data_range": float(r["data_range"])}
+    return [{**r, **{key: float(r[key]) for key in (*DIGITS.keys() - {"gain", "gain_interior"}, "data_range")}}
             for r in rows]
 
 
@@ -78,30 +78,44 @@ def shown(value: float, digits: int, signed: bool = False) -> str:
     return text.replace("-", "\u2212")
 
 
+SUBJECT_COLUMNS = (("psnr_interior", 2), ("ssim_interior", 4), ("gain_interior", 2), ("psnr", 2), ("ssim", 4),
+                   ("gain", 2), ("hfen", 4))  # the per-subject table's columns after subject and method
+SUMMARY_COLUMNS = {2: "psnr_interior", 3: "ssim_interior", 4: "gain_interior", 6: "psnr", 7: "ssim", 8: "gain",
+                   10: "hfen"}  # the summary table's mean +- sd cells by column
+DIGITS = {"psnr": 2, "psnr_interior": 2, "gain": 2, "gain_interior": 2, "ssim": 4, "ssim_interior": 4, "hfen": 4}
+
+
+def _with_gains(rows: list[dict]) -> list[dict]:
+    """The rows with gain and gain_interior over the subject's spline row (None for spline itself)."""
+    spline = {r["subject"]: r for r in rows if r["method"] == "spline"}
+    return [{**r, **{f"gain{suffix}": None if r["method"] == "spline"
+                     else r[f"psnr{suffix}"] - spline[r["subject"]][f"psnr{suffix}"] for suffix in ("", "_interior")}}
+            for r in rows]
+
+
 def check_report_matches_metrics(html: str, rows: list[dict]) -> None:
     """Assert the report's metric tables hold exactly the numbers of ``rows`` (metrics.tsv).
 
-    Per subject: PSNR, SSIM and the gain over spline, both the exact value in
-    data-value and the rounded text. Per method: n, mean, sd (n - 1), median
-    of PSNR, SSIM and gain, recomputed here from ``rows``.
+    Per subject: interior and whole-mask PSNR, SSIM and gain over spline, and
+    HFEN, both the exact value in data-value and the rounded text. Per method:
+    n, and the mean and sd (n - 1) of each, recomputed here from ``rows``.
     """
     tables, _ = parse_report(html)
+    rows = _with_gains(rows)
     per_subject = tables["metrics-per-subject"]
-    assert per_subject["header"][:4] == ["subject", "method", "PSNR (dB)", "SSIM"]
+    assert per_subject["header"][:3] == ["subject", "method", "interior PSNR (dB)"]
     by_key = {(r["subject"], r["method"]): r for r in rows}
-    spline = {r["subject"]: r["psnr"] for r in rows if r["method"] == "spline"}
     seen = set()
     for cells in per_subject["rows"]:
         subject, method = cells[0]["text"], cells[1]["text"]
         expected = by_key[(subject, method)]
         seen.add((subject, method))
-        for cell, key, digits in ((cells[2], "psnr", 2), (cells[3], "ssim", 4)):
+        for cell, (key, digits) in zip(cells[2:], SUBJECT_COLUMNS):
+            if expected[key] is None:
+                assert cell["text"] == "baseline", (subject, method, key)
+                continue
             assert float(cell["attrs"]["data-value"]) == expected[key], (subject, method, key)
-            assert cell["text"] == shown(expected[key], digits), (subject, method, key, cell["text"])
-        if method != "spline":
-            gain = expected["psnr"] - spline[subject]
-            assert float(cells[4]["attrs"]["data-value"]) == gain, (subject, method)
-            assert cells[4]["text"] == shown(gain, 2, signed=True)
+            assert cell["text"] == shown(expected[key], digits, signed=key.startswith("gain")), (subject, method, key)
     assert seen == set(by_key), "every (subject, method) of metrics.tsv is in the report, and no other"
 
     summary = tables["metrics-summary"]
@@ -111,20 +125,17 @@ def check_report_matches_metrics(html: str, rows: list[dict]) -> None:
         method = cells[0]["text"]
         mine = [r for r in rows if r["method"] == method]
         assert int(cells[1]["attrs"]["data-value"]) == len(mine)
-        checks = [(cells[2], cells[3], [r["psnr"] for r in mine], 2, False),
-                  (cells[4], cells[5], [r["ssim"] for r in mine], 4, False)]
-        if method != "spline":
-            checks.append((cells[6], cells[7], [r["psnr"] - spline[r["subject"]] for r in mine], 2, True))
-        for mean_cell, median_cell, values, digits, signed in checks:
+        for column, key in SUMMARY_COLUMNS.items():
+            if method == "spline" and key.startswith("gain"):
+                continue
+            values, digits, signed = [r[key] for r in mine], DIGITS[key], key.startswith("gain")
+            mean_cell = cells[column]
             mean = statistics.fmean(values)
-            assert math.isclose(float(mean_cell["attrs"]["data-mean"]), mean, rel_tol=0, abs_tol=1e-12)
-            assert mean_cell["text"].startswith(shown(mean, digits, signed)), (method, mean_cell["text"])
+            assert math.isclose(float(mean_cell["attrs"]["data-mean"]), mean, rel_tol=0, abs_tol=1e-12), (method, key)
+            assert mean_cell["text"].startswith(shown(mean, digits, signed)), (method, key, mean_cell["text"])
             if len(values) > 1:
                 sd = statistics.stdev(values)
                 assert math.isclose(float(mean_cell["attrs"]["data-sd"]), sd, rel_tol=1e-12)
                 assert mean_cell["text"].endswith("\u00b1 " + shown(sd, digits)), (method, mean_cell["text"])
             else:
                 assert mean_cell["attrs"]["data-sd"] == ""
-            median = statistics.median(values)
-            assert math.isclose(float(median_cell["attrs"]["data-value"]), median, rel_tol=0, abs_tol=1e-12)
-            assert median_cell["text"] == shown(median, digits, signed), (method, median_cell["text"])

@@ -95,3 +95,50 @@ def test_error_vs_uncertainty_bins_sorted_by_sd_and_tracks_calibrated_noise():
     assert [r["sd"] for r in rows] == sorted(r["sd"] for r in rows)
     for r in rows:  # calibrated by construction: rms error equals rms sd within a few %
         assert r["rmse"] == pytest.approx(r["sd"], rel=0.15)
+
+
+def test_ssim_with_a_partial_mask_against_a_hand_computation():
+    """Wang et al. 2004, eq. 13, with Gaussian-weighted population statistics (sigma 1.5, 3.5 sigma wide as
+    skimage's window), the map over the whole volume, averaged over the masked voxels only."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    x = rng.random((14, 15, 16))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    mask = np.zeros(x.shape, bool)
+    mask[3:9, 2:12, 5:15] = True
+    blur = lambda v: ndimage.gaussian_filter(v, 1.5, truncate=3.5)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ssim_map = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    assert metrics.ssim_in_mask(x, y, mask) == pytest.approx(ssim_map[mask].mean(), abs=1e-6)
+    assert metrics.ssim_in_mask(x, y, mask) != pytest.approx(ssim_map.mean(), abs=1e-4)  # the mask matters
+
+
+def test_interior_is_the_mask_eroded_by_two_voxels():
+    mask = np.zeros((12, 12, 12), bool)
+    mask[2:10, 2:10, 2:10] = True
+    inner = metrics.interior(mask)
+    expected = np.zeros_like(mask)
+    expected[4:8, 4:8, 4:8] = True
+    np.testing.assert_array_equal(inner, expected)
+    touching = np.ones((6, 6, 6), bool)  # a mask that fills the volume: the volume's edge is the mask's edge
+    assert metrics.interior(touching).sum() == 2 ** 3
+    with pytest.raises(ValueError, match="no interior"):
+        metrics.scores(np.zeros((6, 6, 6)), np.zeros((6, 6, 6)), np.pad(np.ones((2, 2, 2), bool), 2))
+
+
+def test_hfen_is_the_relative_error_of_the_laplacian_of_gaussian():
+    rng = np.random.default_rng(4)
+    ref = 0.1 + 0.4 * rng.random((16, 16, 16))
+    mask = np.zeros(ref.shape, bool)
+    mask[3:13, 3:13, 3:13] = True
+    assert metrics.hfen_in_mask(ref, ref, mask) == 0.0
+    assert metrics.hfen_in_mask(ref, np.zeros_like(ref), mask) == pytest.approx(1.0)  # nothing of the edges
+    assert metrics.hfen_in_mask(ref, 2 * ref, mask) == pytest.approx(1.0)  # LoG is linear: the error is LoG(ref)
+    smooth = metrics.hfen_in_mask(ref, np.full_like(ref, ref.mean()), mask)
+    assert smooth == pytest.approx(1.0, abs=0.05)  # a flat volume has lost every edge (LoG of a constant is 0)
+    scores = metrics.scores(ref, ref + 0.01, mask)
+    assert scores["psnr"] == pytest.approx(40.0) and scores["psnr_interior"] == pytest.approx(40.0)
+    assert set(scores) == set(metrics.SCORES)

@@ -156,3 +156,56 @@ def test_atomic_path_gives_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.html").stat().st_mode & 0o777 == 0o644
+
+
+# --- the three degradations, each against its definition ----------------------------------------------
+
+
+def _cosine(n: int, k0: int, shape=(6, 4)) -> np.ndarray:
+    """cos(2 pi k0 x / n) along axis 0 of an (n, *shape) volume."""
+    return np.cos(2 * np.pi * k0 * np.arange(n) / n)[:, None, None] * np.ones((1, *shape))
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_kspace_keeps_the_central_block_of_the_spectrum_and_samples_at_voxel_centres(factor):
+    n = 12 * factor
+    m = n // factor
+    rng = np.random.default_rng(0)
+    hr = rng.random((n, n, n))
+    lr = downsample(hr, factor, method="kspace")
+    fine, coarse = np.fft.fftn(hr), np.fft.fftn(lr.astype(np.float64))
+    k = np.fft.fftfreq(n, d=1 / n)
+    shift = np.exp(2j * np.pi * k * (factor - 1) / 2 / n)  # samples at fine index f j + (f - 1) / 2
+    inside = [i for i in range(n) if abs(k[i]) < m / 2]  # the central block less its Nyquist planes
+    expected = fine * shift[:, None, None] * shift[None, :, None] * shift[None, None, :] / factor ** 3
+    got = coarse[np.ix_(*[[int(k[i]) % m for i in inside]] * 3)]
+    np.testing.assert_allclose(got, expected[np.ix_(inside, inside, inside)], atol=1e-4 * abs(fine).max())
+    # a sinusoid below the coarse Nyquist is kept, sampled at the coarse voxel centres ...
+    low = downsample(_cosine(n, m // 2 - 1, (factor, factor)), factor, method="kspace")[:, 0, 0]
+    centres = factor * np.arange(m) + (factor - 1) / 2
+    np.testing.assert_allclose(low, np.cos(2 * np.pi * (m // 2 - 1) * centres / n), atol=1e-6)
+    # ... and one above it leaves nothing (spline sampling folds it back instead)
+    high = _cosine(n, m // 2 + 2, (factor, factor))
+    assert np.abs(downsample(high, factor, method="kspace")).max() < 1e-6
+    assert np.abs(downsample(high, factor, method="spline")).max() > 0.3
+
+
+def test_gaussian_attenuates_a_sinusoid_by_the_psf_transfer_function():
+    from mrisr.data.degrade import gaussian_sigma
+
+    n, f, k0 = 64, 2, 5
+    lr = downsample(_cosine(n, k0, (f, f)), f, order=3, method="gaussian")[:, 0, 0]
+    sigma = gaussian_sigma(f)
+    assert 2 * np.sqrt(2 * np.log(2)) * sigma == pytest.approx(f)  # FWHM = factor voxels
+    gain = np.exp(-2 * (np.pi * sigma * k0 / n) ** 2)  # the Fourier transform of the Gaussian at k0 / n
+    centres = f * np.arange(n // f) + (f - 1) / 2
+    inner = slice(6, -6)  # 'nearest' edges
+    np.testing.assert_allclose(lr[inner], gain * np.cos(2 * np.pi * k0 * centres / n)[inner], atol=5e-3)
+    assert gain < 0.95  # the attenuation is measurable, not within the tolerance
+
+
+@pytest.mark.parametrize("method", ["spline", "gaussian", "kspace"])
+def test_every_degradation_keeps_a_constant_and_refuses_unknown_names(method):
+    np.testing.assert_allclose(downsample(np.full((8, 8, 8), 0.4), 2, method=method), 0.4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown degradation 'box'"):
+        downsample(np.zeros((4, 4, 4)), 2, method="box")

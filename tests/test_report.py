@@ -29,7 +29,9 @@ from report_html import check_report_matches_metrics, decode_data_uri, parse_rep
 
 
 def rows_of(table: dict[tuple[str, str], float], ssim: float = 0.9) -> list[dict]:
-    return [{"subject": s, "method": m, "psnr": v, "ssim": ssim, "data_range": 1.0} for (s, m), v in table.items()]
+    """Metric rows; the interior PSNR is the whole-mask PSNR less 1 dB, HFEN 0.3."""
+    return [{"subject": s, "method": m, "psnr": v, "ssim": ssim, "psnr_interior": v - 1.0, "ssim_interior": ssim,
+             "hfen": 0.3, "data_range": 1.0} for (s, m), v in table.items()]
 
 
 def test_summary_statistics_by_hand():
@@ -47,6 +49,19 @@ def test_summary_statistics_by_hand():
     assert out["sr_ema"].gain.n == 2 and out["sr_ema"].wins == 1
     assert out["spline"].gain is None
     assert tables.gains_over_baseline(rows)[("b", "sr_ema")] == 0.5
+    assert [sr.gain_interior.mean, sr.wins_interior, sr.psnr_interior.mean] == [pytest.approx(1 / 3), 2, 28.0]
+
+
+def test_interior_gains_are_scored_apart_from_whole_mask_gains():
+    rows = rows_of({("a", "spline"): 20.0, ("a", "sr"): 22.0, ("b", "spline"): 20.0, ("b", "sr"): 21.0})
+    for r in rows:  # sr wins the whole mask on both subjects, but loses the interior on b
+        if r["method"] == "sr":
+            r["psnr_interior"] = {"a": 19.5, "b": 18.0}[r["subject"]]
+    sr = tables.summarise(rows)[1]
+    assert (sr.gain.mean, sr.wins) == (1.5, 2)
+    assert (sr.gain_interior.mean, sr.wins_interior) == (-0.25, 1)
+    html = page.lead(tables.summarise(rows))
+    assert "interior PSNR gain −0.25 dB</b>, better than spline on 1 of 2" in html and "whole brain mask: +1.50 dB" in html
 
 
 def test_one_subject_has_no_sd_and_repeated_rows_are_refused():
@@ -272,7 +287,7 @@ def write_subject(root, subject: str, seed: int, affine=None, shape=(16, 16, 12)
     hr = np.where(mask, 0.5 + 0.4 * np.cos(4 * grid[0] + seed) * np.sin(3 * grid[1]), 0).astype(np.float32)
     lr = downsample(hr, 2)
     paths = {
-        "hr": root / "hr" / subject / "T1w_brain.nii.gz", "mask": root / "hr" / subject / "brainmask.nii.gz",
+        "hr": root / "hr" / subject / "T1w.nii.gz", "mask": root / "hr" / subject / "brainmask.nii.gz",
         "lr": root / "lr" / subject / "x2.nii.gz", "spline": root / "baseline" / subject / "spline.nii.gz",
         "sr": root / "sr" / subject / "sr.nii.gz",
     }
@@ -327,7 +342,8 @@ def built_report(tmp_path_factory):
         values = [("spline", 25.0 + k, 0.80 + k / 100), ("sr", 25.0 + k + (k - 1.6) / 3, 0.81 + k / 90),
                   ("sr_ema", 24.123456 + k, 0.7 + k / 50)]
         for method, psnr, ssim in values:
-            rows.append({"subject": s, "method": method, "psnr": psnr, "ssim": ssim, "data_range": 1.0})
+            rows.append({"subject": s, "method": method, "psnr": psnr, "ssim": ssim, "psnr_interior": psnr - 0.7 * k,
+                         "ssim_interior": ssim - 0.01, "hfen": 0.4 - psnr / 100, "data_range": 1.0})
     write_metrics(root / "metrics.tsv", rows)
     logs = []
     for stage in (1, 2):
@@ -364,7 +380,8 @@ def test_report_numbers_equal_the_metrics_table(built_report):
     root, outputs = built_report
     html = open(outputs["html"], encoding="utf-8").read()
     with open(root / "metrics.tsv", newline="") as fh:
-        rows = [{**r, "psnr": float(r["psnr"]), "ssim": float(r["ssim"])} for r in csv.DictReader(fh, delimiter="\t")]
+        rows = [{**r, **{k: float(r[k]) for k in ("psnr", "ssim", "psnr_interior", "ssim_interior", "hfen")}}
+                for r in csv.DictReader(fh, delimiter="\t")]
     check_report_matches_metrics(html, rows)
     with open(outputs["summary_tsv"], newline="") as fh:
         summary = {r["method"]: r for r in csv.DictReader(fh, delimiter="\t")}
@@ -387,7 +404,7 @@ def test_report_page_contents(built_report):
     # More than three test subjects: the lowest, median and highest gain of sr are shown.
     shown = [img["alt"] for img in images if img["alt"].startswith("slice panels")]
     assert shown == ["slice panels s1", "slice panels s3", "slice panels s4"]
-    assert "lowest PSNR gain of sr over spline: −0.53 dB" in html
+    assert "lowest interior PSNR gain of sr over spline: −0.53 dB" in html
     for img in images:
         mime, data = decode_data_uri(img["src"])
         picture = Image.open(io.BytesIO(data))

@@ -222,13 +222,15 @@ def stage_files(tmp_path_factory):
     return caches, str(folder / "splits.tsv")
 
 
-def _train_kwargs(stage_files, config, out: Path, steps: int, checkpoint_every: int = 0, **extra) -> dict:
+def _train_kwargs(stage_files, config, out: Path, steps: int, checkpoint_every: int = 0, loader_workers=None,
+                  **extra) -> dict:
     """pipeline.train's arguments: the job (as JSON) and how to run it."""
     caches, splits = stage_files
     cfg = copy.deepcopy(config)
     cfg["device"] = "cpu"
     cfg["train"].update(batch_size=4, steps=steps)
-    run = StageRun(cfg, 0, str(out / "checkpoint.pt"), str(out / "log.tsv"), checkpoint_every=checkpoint_every)
+    run = StageRun(cfg, 0, str(out / "checkpoint.pt"), str(out / "log.tsv"), checkpoint_every=checkpoint_every,
+                   loader_workers=loader_workers)
     job = TrainJob(run, splits, caches=caches)
     return dict(job=job.to_json(), out_plot=str(out / "loss.png"), **extra)
 
@@ -245,6 +247,32 @@ def _run_pipeline_train(kwargs: dict, **popen) -> subprocess.Popen:
             "a = json.loads(sys.argv[1]); train(**{**a, 'job': TrainJob.from_json(a['job'])})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     return subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)], env=env, **popen)
+
+
+@pytest.mark.slow
+def test_loader_workers_give_the_same_model_and_stop_cleanly_when_the_whole_job_gets_sigterm(
+        tmp_path, stage_files, config):
+    """As Slurm stops a job: SIGTERM to every process, loader workers included. The training process
+    saves and exits; resumed, again with two loader workers, it ends with the model of a run whose
+    patches came from no worker at all."""
+    steps = 30
+    inline = tmp_path / "inline"
+    _pipeline_train(_train_kwargs(stage_files, config, inline, steps, loader_workers=0))
+    out = tmp_path / "workers"
+    kwargs = _train_kwargs(stage_files, config, out, steps, checkpoint_every=2, loader_workers=2)
+    proc = _run_pipeline_train(kwargs, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / RESUME_NAME).exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no resume checkpoint within 240 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)  # no worker keeps the job alive
+    assert "TrainingInterrupted: training stopped by SIGTERM" in stderr, stderr[-3000:]
+    assert 0 < torch.load(out / RESUME_NAME, weights_only=True)["step"] < steps
+    _pipeline_train(_train_kwargs(stage_files, config, out, steps, loader_workers=2))
+    assert_same_model(torch.load(out / "checkpoint.pt", weights_only=True),
+                      torch.load(inline / "checkpoint.pt", weights_only=True))
 
 
 @pytest.mark.slow

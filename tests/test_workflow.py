@@ -83,7 +83,7 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
 
     res = workdir / "results"
-    hr_file = next((res / "hr").glob("*/T1w_brain.nii.gz"))
+    hr_file = next((res / "hr").glob("*/T1w.nii.gz"))
     hr_mtime = hr_file.stat().st_mtime_ns
     proc = run_snakemake(workdir, "--forcerun", "make_lr")
     counts = job_counts(proc.stdout + proc.stderr)

@@ -81,14 +81,15 @@ class StageOutput:
     sd: np.ndarray | None  # None for a single sample
 
 
-def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, order: int, iterations: int) -> np.ndarray:
-    """Iterative back-projection (Irani & Peleg 1991) with the workflow's own degradation.
+def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, order: int, iterations: int,
+                     method: str = "spline") -> np.ndarray:
+    """Iterative back-projection (Irani & Peleg 1991) with the workflow's own degradation (``method``).
 
     Repeats estimate += upsample(observed - downsample(estimate)) so that the
     estimate, degraded as the LR volume was, reproduces the LR volume.
     """
     for _ in range(iterations):
-        estimate = estimate + upsample(observed - downsample(estimate, factor, order), factor, order)
+        estimate = estimate + upsample(observed - downsample(estimate, factor, order, method), factor, order)
     return estimate
 
 
@@ -204,7 +205,8 @@ def super_resolve_stage(
     samples = np.stack([d[0] for d in draws])
     mean = (samples if options.estimate == "sample_mean" else np.stack([d[1] for d in draws])).mean(axis=0)
     if options.data_consistency:
-        mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency)
+        mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency,
+                                stage.config["degrade"].get("method", "spline"))
     sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 else None
     return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd)
 

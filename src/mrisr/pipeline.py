@@ -18,10 +18,11 @@ from mrisr.config import SamplingOptions
 from mrisr.data.brain_extraction import extract_brain
 from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample_affine
 from mrisr.data.local import LocalScan
+from mrisr.data.protocol import Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, head_scale
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.sources import fetch_subject
 from mrisr.data.splits import split_subjects, write_splits
-from mrisr.io import check_contrast, check_same_grid, load_volume, save_volume, voxel_sizes, write_tsv
+from mrisr.io import check_contrast, check_same_grid, crop_or_pad, load_volume, save_volume, voxel_sizes, write_tsv
 
 if TYPE_CHECKING:  # imported where used: a job imports torch only if it trains or samples
     from mrisr.report import ReportInputs, ReportOutputs
@@ -39,43 +40,75 @@ def fetch(subject: str, config: Mapping[str, Any], out_t1: str, out_mask: str | 
 def skullstrip(
     raw_t1: str, out_t1: str, out_mask: str,
     margin_mm: float, multiple: int, percentile: float,
-    raw_mask: str | None = None,
+    raw_mask: str | None = None, acquisition: Acquisition | None = None,
 ) -> None:
-    """Mask the brain, crop to it (sides divisible by ``multiple``), normalise to [0, 1].
+    """Find the brain, crop to it (sides divisible by ``multiple``), normalise to [0, 1] (``data.protocol``).
 
     The mask is the source's (``raw_mask``) when it ships one, otherwise
     estimated from the T1 (``data.brain_extraction``). Either way it is written
-    to ``out_mask``, beside the stripped volume, on the same cropped grid.
+    to ``out_mask``, beside the HR volume, on the same cropped grid. With
+    ``acquisition`` (the acquisition protocol) the HR is the whole head in the
+    box, scaled by the percentile of its LR's field of view; without (the
+    seed's masked protocol) it is the brain only, scaled by the brain's percentile.
     """
     t1, affine = load_volume(raw_t1)
     check_contrast(t1, raw_t1)
+    mask = _brain_mask(t1, affine, raw_t1, raw_mask)
+    if acquisition is None:
+        out = skullstrip_with_mask(t1, mask, affine, margin_mm, multiple, percentile)
+        hr, box_mask, box_affine = out.t1, out.mask, out.affine
+    else:
+        start, shape = aligned_box(mask > 0, affine, margin_mm, multiple)
+        scale = head_scale(acquisition.lr_of_field_of_view(t1), percentile)
+        hr, box_affine = crop_normalised(t1, affine, start, shape, scale)
+        box_mask = crop_or_pad((mask > 0).astype(np.uint8), affine, start, shape)[0]
+        log.info("%s: whole head kept; intensity scale %.4g (the %gth percentile of its x%d LR's field of view)",
+                 raw_t1, scale, percentile, acquisition.factor)
+    save_volume(out_mask, box_mask, box_affine, dtype=np.uint8)
+    save_volume(out_t1, hr, box_affine)
+    log.info("%s -> %s: cropped to %s, brain %.1f %% of the box", raw_t1, out_t1, hr.shape, 100 * box_mask.mean())
+
+
+def _brain_mask(t1: np.ndarray, affine: np.ndarray, raw_t1: str, raw_mask: str | None) -> np.ndarray:
+    """The source's brain mask (checked against the T1's grid), or one estimated from the T1."""
     if raw_mask is not None:
         mask, mask_affine = load_volume(raw_mask)
         check_same_grid(mask, mask_affine, raw_mask, t1, affine, raw_t1)
         log.info("%s: brain mask from the source, %s", raw_t1, raw_mask)
-    else:
-        found = extract_brain(t1, affine)
-        mask = found.mask
-        log.info(
-            "%s: brain mask estimated: %.0f mL, brain intensity %.4g, separated from the scalp at %.0f mm erosion",
-            raw_t1, found.volume_ml, found.brain_intensity, found.erosion_mm,
-        )
-    out = skullstrip_with_mask(t1, mask, affine, margin_mm, multiple, percentile)
-    save_volume(out_mask, out.mask, out.affine, dtype=np.uint8)
-    save_volume(out_t1, out.t1, out.affine)
-    log.info("%s -> %s: cropped to %s, brain %.1f %% of the box", raw_t1, out_t1, out.t1.shape, 100 * out.mask.mean())
+        return mask
+    found = extract_brain(t1, affine)
+    log.info(
+        "%s: brain mask estimated: %.0f mL, brain intensity %.4g, separated from the scalp at %.0f mm erosion",
+        raw_t1, found.volume_ml, found.brain_intensity, found.erosion_mm,
+    )
+    return found.mask
 
 
-def make_lr(hr_path: str, out_path: str, factor: int, order: int, antialias: bool) -> None:
-    """Spline-downsample the HR volume by ``factor``; the LR file carries the coarse affine."""
+def make_lr(hr_path: str, out_path: str, factor: int, order: int, method: str,
+            raw_t1: str | None = None, percentile: float = 99.5) -> None:
+    """The LR volume; its file carries the coarse affine (``data.protocol``).
+
+    With ``raw_t1`` (the acquisition protocol): the raw whole-head volume
+    degraded over its field of view by ``factor`` with ``method``, scaled by
+    its ``percentile`` and cropped to the HR volume's box. Without (the seed's
+    masked protocol): the HR volume itself degraded.
+    """
     hr, affine = load_volume(hr_path)
-    lr = downsample(hr, factor, order, antialias)
-    save_volume(out_path, lr, downsample_affine(affine, factor))
-    log.info("%s -> %s: x%d, order %d, %s -> %s", hr_path, out_path, factor, order, hr.shape, lr.shape)
+    if raw_t1 is None:
+        lr, lr_affine = downsample(hr, factor, order, method), downsample_affine(affine, factor)
+    else:
+        t1, raw_affine = load_volume(raw_t1)
+        start = box_start(raw_affine, affine)
+        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, Acquisition(factor, order, method), percentile)
+        if not np.allclose(lr_affine, downsample_affine(affine, factor), atol=1e-4):
+            raise ValueError(f"{out_path}: the LR grid does not lie over the HR volume {hr_path}")
+    save_volume(out_path, lr, lr_affine)
+    log.info("%s -> %s: x%d by %s (order %d, %s protocol), %s -> %s", raw_t1 or hr_path, out_path, factor, method,
+             order, "acquisition" if raw_t1 else "masked", hr.shape, lr.shape)
 
 
 def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[int], stage: int,
-                order: int, antialias: bool, out_dir: str) -> None:
+                order: int, method: str, out_dir: str) -> None:
     """Write one subject's training pair of ``stage`` (0-based) to ``out_dir`` (``training.cache``)."""
     from mrisr.diffusion.cascade import stage_pair
     from mrisr.training.cache import write_stage_cache
@@ -84,7 +117,7 @@ def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[in
     lr, lr_affine = load_volume(lr_path)
     mask, mask_affine = load_volume(mask_path)
     check_same_grid(mask, mask_affine, mask_path, hr, hr_affine, hr_path)
-    pair = stage_pair(hr, lr, mask > 0, factors, stage, int(order), bool(antialias))
+    pair = stage_pair(hr, lr, mask > 0, factors, stage, int(order), method)
     info = write_stage_cache(pair, out_dir, voxel_sizes(lr_affine))
     log.info("%s: stage %d training pair %s, brain box %s..%s", out_dir, stage + 1, info.shape, *info.brain_box)
 
@@ -161,7 +194,8 @@ def evaluate(
     subject: str, hr_path: str, mask_path: str, methods: Mapping[str, str], out_path: str,
     sd_path: str | None = None, out_calibration: str | None = None,
 ) -> None:
-    """PSNR and SSIM of every method's volume against HR inside the brain mask (``metrics``).
+    """PSNR and SSIM of every method's volume against HR inside the brain mask and its interior, and HFEN
+    (``metrics.scores``).
 
     With ``sd_path`` (the SR samples' standard deviation) and
     ``out_calibration``, also the binned error-versus-uncertainty table of SR.
@@ -173,14 +207,10 @@ def evaluate(
         estimate, affine = load_volume(path)
         check_same_grid(estimate, affine, path, hr, hr_affine, hr_path)
         volumes[method] = estimate
-        rows.append({
-            "subject": subject,
-            "method": method,
-            "psnr": metrics.psnr_in_mask(hr, estimate, mask > 0),
-            "ssim": metrics.ssim_in_mask(hr, estimate, mask > 0),
-            "data_range": metrics.DATA_RANGE,
-        })
-        log.info("%s %s: PSNR %.3f dB, SSIM %.4f", subject, method, rows[-1]["psnr"], rows[-1]["ssim"])
+        rows.append({"subject": subject, "method": method, **metrics.scores(hr, estimate, mask > 0),
+                     "data_range": metrics.DATA_RANGE})
+        log.info("%s %s: PSNR %.3f dB (interior %.3f), SSIM %.4f (interior %.4f), HFEN %.4f", subject, method,
+                 *(rows[-1][k] for k in metrics.SCORES))
     if sd_path is not None and out_calibration is not None:
         sd, _ = load_volume(sd_path)
         table = metrics.error_vs_uncertainty(hr, volumes["sr"], sd, mask > 0)

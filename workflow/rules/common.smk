@@ -43,6 +43,7 @@ VAL_SUBJECTS = [s for s, v in SPLIT.items() if v == "val"]
 TEST_SUBJECTS = [s for s, v in SPLIT.items() if v == "test"]
 FACTORS = config["cascade"]["factors"]
 FACTOR = total_factor(FACTORS)
+ACQUISITION = config["degrade"]["protocol"] == "acquisition"  # else the seed's masked protocol (data/protocol.py)
 STAGES = [g.stage + 1 for g in stage_grids(FACTORS)]  # 1-based in file names
 def canonical(value):
     """``value`` with dict keys sorted at every level. Snakemake compares a rule's

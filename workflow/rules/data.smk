@@ -1,5 +1,6 @@
 # fetch: one subject from the configured source (demo, hcp or local);
-# skullstrip: mask (the source's, or estimated), crop, normalise.
+# skullstrip: mask (the source's, or estimated), crop, normalise; under the
+# acquisition protocol the HR keeps the whole head in its box (data/protocol.py).
 
 
 rule fetch:
@@ -23,12 +24,15 @@ rule skullstrip:
     input:
         unpack(raw_volumes),
     output:
-        t1="results/hr/{subject}/T1w_brain.nii.gz",
+        t1="results/hr/{subject}/T1w.nii.gz",
         mask="results/hr/{subject}/brainmask.nii.gz",
     params:
         margin_mm=config["skullstrip"]["margin_mm"],
         percentile=config["skullstrip"]["percentile"],
         multiple=FACTOR,
+        protocol=config["degrade"]["protocol"],
+        order=config["degrade"]["order"],
+        method=config["degrade"]["method"],
     log:
         "results/logs/skullstrip/{subject}.log",
     conda:

@@ -16,7 +16,7 @@ rule cache_stage:
         stage=stage_index,
         factors=FACTORS,
         order=config["degrade"]["order"],
-        antialias=config["degrade"]["antialias"],
+        method=config["degrade"]["method"],
     log:
         "results/logs/cache_stage/stage{stage}_{subject}.log",
     conda:

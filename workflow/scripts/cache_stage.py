@@ -13,6 +13,6 @@ run_stage(
     factors=snakemake.params.factors,
     stage=snakemake.params.stage,
     order=snakemake.params.order,
-    antialias=snakemake.params.antialias,
+    method=snakemake.params.method,
     out_dir=str(Path(snakemake.output.info).parent),
 )

@@ -9,5 +9,7 @@ run_stage(
     out_path=snakemake.output.lr,
     factor=int(snakemake.wildcards.factor),
     order=snakemake.params.order,
-    antialias=snakemake.params.antialias,
+    method=snakemake.params.method,
+    raw_t1=snakemake.input.get("raw"),  # the acquisition protocol's whole-head volume; absent: masked protocol
+    percentile=snakemake.params.percentile,
 )

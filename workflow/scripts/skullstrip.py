@@ -1,7 +1,9 @@
 from _adapter import run_stage
 
+from mrisr.data.protocol import Acquisition
 from mrisr.pipeline import skullstrip
 
+params = snakemake.params
 run_stage(
     snakemake,
     skullstrip,
@@ -12,4 +14,5 @@ run_stage(
     margin_mm=snakemake.params.margin_mm,
     multiple=snakemake.params.multiple,
     percentile=snakemake.params.percentile,
+    acquisition=Acquisition(params.multiple, params.order, params.method) if params.protocol == "acquisition" else None,
 )

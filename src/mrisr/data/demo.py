@@ -10,8 +10,12 @@ random "acquisition":
    anatomy differs between subjects;
 2. tissue contrast changes (grey and white matter brightened or darkened by up
    to 8 % each) and a gamma between 0.8 and 1.2;
-3. a smooth multiplicative bias field (about +-15 %), as from receive coils;
-4. voxels of ``voxel_size_mm`` (a Gaussian point-spread function of that FWHM),
+3. a head around the brain (``HEAD_LAYERS``: CSF, skull, marrow, muscle, fat
+   and skin at their usual T1 brightness and thickness, each boundary
+   wandering by up to 1 mm), so that the LR is made from a whole head as a
+   scanner's is (``data.protocol``); the brain mask stays exact;
+4. a smooth multiplicative bias field (about +-15 %), as from receive coils;
+5. voxels of ``voxel_size_mm`` (a Gaussian point-spread function of that FWHM),
    and Rician noise at 1-2 % of the maximum intensity.
 
 The subjects are synthetic: they share one underlying brain and are no
@@ -29,6 +33,18 @@ import numpy as np
 from scipy import ndimage
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+# The layers of a head around the brain: (name, T1 brightness relative to white matter, thickness in mm),
+# brain outwards (also data/phantom.py's).
+HEAD_LAYERS: tuple[tuple[str, float, float], ...] = (
+    ("csf", 0.25, 3.0),
+    ("inner table", 0.08, 1.5),
+    ("marrow", 0.55, 2.0),
+    ("outer table", 0.08, 1.5),
+    ("muscle", 0.45, 2.0),
+    ("fat", 0.95, 4.0),
+    ("skin", 0.50, 1.0),
+)
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,7 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0) -> 
     # Contrast, bias field, scanner scale, Rician noise.
     t1 = t1 ** rng.uniform(0.8, 1.2)
     t1 = t1 * (1.0 + rng.uniform(-0.08, 0.08) * gm + rng.uniform(-0.08, 0.08) * wm)
+    t1 = wrap_in_head(t1, mask, v, rng)
     t1 = t1 * np.exp(0.15 * smooth_field(rng, shape, control=3))
     t1 = 1000.0 * rng.uniform(0.8, 1.2) * t1
     noise_sd = rng.uniform(0.01, 0.02) * float(t1.max())
@@ -129,6 +146,17 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0) -> 
     imag = noise_sd * rng.standard_normal(shape)
     t1 = np.sqrt(real**2 + imag**2).astype(np.float32)
     return DemoSubject(t1=t1, mask=mask.astype(np.uint8), affine=affine)
+
+
+def wrap_in_head(brain: np.ndarray, mask: np.ndarray, voxel_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """``brain`` inside ``mask``; outside it the ``HEAD_LAYERS`` by distance from the brain (mm), each boundary
+    displaced by a smooth random field of up to +-1 mm, brightness relative to the brain's 99th percentile."""
+    white = float(np.percentile(brain[mask], 99))
+    outside = ndimage.distance_transform_edt(~mask, sampling=voxel_mm).astype(np.float32)
+    outside += smooth_field(rng, mask.shape, control=5)
+    layer = np.searchsorted(np.cumsum([t for _, _, t in HEAD_LAYERS]), outside)
+    brightness = white * np.array([b for _, b, _ in HEAD_LAYERS] + [0.0], dtype=np.float32)
+    return np.where(mask, brain, brightness[layer]).astype(np.float32)
 
 
 def demo_subject_ids(n_subjects: int) -> list[str]:

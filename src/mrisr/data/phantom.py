@@ -28,21 +28,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from mrisr.data.demo import smooth_field
+from mrisr.data.demo import HEAD_LAYERS, smooth_field
 
 MNI_T1_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-
-# (name, T1 brightness relative to white matter, thickness in mm), brain outwards.
-HEAD_LAYERS: tuple[tuple[str, float, float], ...] = (
-    ("csf", 0.25, 3.0),
-    ("inner table", 0.08, 1.5),
-    ("marrow", 0.55, 2.0),
-    ("outer table", 0.08, 1.5),
-    ("muscle", 0.45, 2.0),
-    ("fat", 0.95, 4.0),
-    ("skin", 0.50, 1.0),
-)
-
 
 @dataclass(frozen=True)
 class HeadPhantom:

@@ -66,12 +66,12 @@ def stage_pair(
     factors: Sequence[int],
     stage: int,
     order: int = 3,
-    antialias: bool = False,
+    method: str = "spline",
 ) -> StagePair:
     """Condition, target and mask of ``stage`` for one subject (teacher forcing, see module doc)."""
     grid = stage_grids(factors)[stage]
-    target = downsample(hr, grid.output_factor, order, antialias)
-    stage_input = lr if stage == 0 else downsample(hr, grid.input_factor, order, antialias)
+    target = downsample(hr, grid.output_factor, order, method)
+    stage_input = lr if stage == 0 else downsample(hr, grid.input_factor, order, method)
     expected = tuple(s // grid.input_factor for s in hr.shape)
     if stage_input.shape != expected:
         raise ValueError(f"LR shape {stage_input.shape} does not match HR {hr.shape} / {grid.input_factor}")

@@ -59,14 +59,15 @@ def headline_method(methods: Sequence[str]) -> str | None:
 
 
 def showcase(rows: Sequence[Mapping], available: Sequence[str], k: int = SHOWCASE_MAX) -> list[tuple[str, str]]:
-    """Up to ``k`` subjects to show, with why: all of them when there are few, else lowest/median/highest gain."""
+    """Up to ``k`` subjects to show, with why: all of them when there are few, else the lowest, median and
+    highest interior PSNR gain (the headline's)."""
     method = headline_method(tables.method_order(rows))
-    gains = tables.gains_over_baseline(rows)
+    gains = tables.gains_over_baseline(rows, "psnr_interior")
     scored = sorted((gains.get((s, method), float("nan")), s) for s in available)
     if method is None or any(g != g for g, _ in scored):  # no gains to rank by: first subjects by name
         return [(s, "") for s in sorted(available)[:k]]
     def describe(gain: float) -> str:
-        return f"PSNR gain of {method} over {tables.BASELINE}: {page.fmt(gain, 2, signed=True)} dB"
+        return f"interior PSNR gain of {method} over {tables.BASELINE}: {page.fmt(gain, 2, signed=True)} dB"
 
     if len(scored) <= k:
         return [(s, f"({describe(g)})") for g, s in sorted(scored, key=lambda x: x[1])]
@@ -186,7 +187,8 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs) -> dict[str, floa
                 model_rows(config, model_logs, costs, test_subjects), summaries))]
         sections = [
             ("metrics", "Metrics", page.metrics_section(
-                rows, summaries, tables.gains_over_baseline(rows), tables.data_ranges(rows), metrics_png)),
+                rows, summaries, {key: tables.gains_over_baseline(rows, key) for key in ("psnr", "psnr_interior")},
+                tables.data_ranges(rows), metrics_png)),
             *compared,
             ("slices", "Slices", page.slices_section(shown, len({r["subject"] for r in rows}))),
             ("uncertainty", "Uncertainty", page.uncertainty_section(
@@ -244,8 +246,14 @@ def write_summary_tsv(path: str, summaries: Sequence[tables.MethodSummary]) -> N
     write_tsv(
         path,
         ["method", "n", "psnr_mean", "psnr_sd", "psnr_median", "ssim_mean", "ssim_sd", "ssim_median",
-         "gain_mean", "gain_sd", "gain_median", "better_than_spline"],
-        [[s.method, s.psnr.n, *cols(s.psnr), *cols(s.ssim), *cols(s.gain), s.wins if s.gain else ""]
+         "gain_mean", "gain_sd", "gain_median", "better_than_spline",
+         "psnr_interior_mean", "psnr_interior_sd", "psnr_interior_median",
+         "ssim_interior_mean", "ssim_interior_sd", "ssim_interior_median",
+         "gain_interior_mean", "gain_interior_sd", "gain_interior_median", "better_than_spline_interior",
+         "hfen_mean", "hfen_sd", "hfen_median"],
+        [[s.method, s.psnr.n, *cols(s.psnr), *cols(s.ssim), *cols(s.gain), s.wins if s.gain else "",
+          *cols(s.psnr_interior), *cols(s.ssim_interior), *cols(s.gain_interior),
+          s.wins_interior if s.gain_interior else "", *cols(s.hfen)]
          for s in summaries],
     )
 

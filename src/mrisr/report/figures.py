@@ -49,7 +49,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 # -- metrics -------------------------------------------------------------------------
 
 def metric_distribution_figure(rows: Sequence[Mapping]) -> bytes:
-    """Per-subject PSNR, SSIM and PSNR gain over spline, one column of points per method.
+    """Per-subject PSNR gains over spline (interior and whole mask), interior PSNR and SSIM, one column per method.
 
     Every subject is a point (spread sideways by a fixed offset so equal values
     stay visible); lines join one subject's points across methods when there
@@ -59,18 +59,21 @@ def metric_distribution_figure(rows: Sequence[Mapping]) -> bytes:
     methods = method_order(rows)
     colours = method_colours(methods)
     subjects = sorted({r["subject"] for r in rows})
-    gains = gains_over_baseline(rows)
-    gain_methods = [m for m in methods if any(k[1] == m for k in gains)]
-    panels = [("psnr", "PSNR in brain mask (dB)", methods), ("ssim", "SSIM in brain mask", methods)]
+    gains = {key: gains_over_baseline(rows, key) for key in ("psnr_interior", "psnr")}
+    gain_methods = [m for m in methods if any(k[1] == m for k in gains["psnr"])]
+    panels = []
     if gain_methods:
-        panels.append(("gain", f"PSNR gain over {BASELINE} (dB)", gain_methods))
+        panels += [("psnr_interior", f"interior PSNR gain over {BASELINE} (dB)", gain_methods),
+                   ("psnr", f"whole-mask PSNR gain over {BASELINE} (dB)", gain_methods)]
+    panels += [("psnr_interior", "interior PSNR (dB)", methods), ("ssim_interior", "interior SSIM", methods)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     offsets = {s: (k / max(len(subjects) - 1, 1) - 0.5) * 0.24 for k, s in enumerate(subjects)}
     for ax, (key, label, shown) in zip(axes[0], panels):
         values = {}
+        is_gain = "gain" in label
         for m in shown:
-            if key == "gain":
-                values[m] = {s: gains[(s, m)] for s in subjects if (s, m) in gains}
+            if is_gain:
+                values[m] = {s: gains[key][(s, m)] for s in subjects if (s, m) in gains[key]}
             else:
                 values[m] = {r["subject"]: r[key] for r in rows if r["method"] == m}
         if len(subjects) <= 40:
@@ -88,7 +91,7 @@ def metric_distribution_figure(rows: Sequence[Mapping]) -> bytes:
             ax.scatter(xs, v, s=22, color=colours[m], edgecolor="white", linewidth=0.5, zorder=3)
             if finite.size:
                 ax.hlines(finite.mean(), x - 0.3, x + 0.3, color="black", lw=1.6, zorder=4)
-        if key == "gain":
+        if is_gain:
             ax.axhline(0.0, color=colours[BASELINE], lw=1, ls="--", zorder=0)
         ax.set_xticks(range(len(shown)), shown)
         ax.set_xlim(-0.6, len(shown) - 0.4)

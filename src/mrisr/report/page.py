@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import yaml
 
+from mrisr.metrics import INTERIOR_EROSION
 from mrisr.report.provenance import LockCheck
 from mrisr.report.tables import BASELINE, Cost, MethodSummary, Stats, TrainingSummary, hms
 
@@ -100,63 +101,85 @@ def figure(src: str, alt: str, caption: str, cls: str = "", width: int | None = 
 # -- sections ------------------------------------------------------------------------------
 
 def lead(summaries: Sequence[MethodSummary]) -> str:
-    """One sentence per method: its PSNR against the baseline's, and on how many subjects it won."""
+    """One sentence per method: its PSNR in the brain's interior against the baseline's (the headline), on how
+    many subjects it won there, and its whole-mask gain beside it."""
     base = next((s for s in summaries if s.method == BASELINE), None)
     parts = []
     for s in summaries:
         if s.method == BASELINE:
             continue
-        text = (f"<b>{esc(s.method)}</b>: PSNR {fmt(s.psnr.mean, 2)} dB, SSIM {fmt(s.ssim.mean, 4)}")
-        if base is not None and s.gain is not None:
-            text += (f" against {fmt(base.psnr.mean, 2)} dB and {fmt(base.ssim.mean, 4)} for the {BASELINE} "
-                     f"baseline: mean PSNR gain {fmt(s.gain.mean, 2, signed=True)} dB, better than {BASELINE} "
-                     f"on {s.wins} of {s.gain.n} test subject{'s' if s.gain.n != 1 else ''}")
+        text = (f"<b>{esc(s.method)}</b>: interior PSNR {fmt(s.psnr_interior.mean, 2)} dB, "
+                f"SSIM {fmt(s.ssim_interior.mean, 4)}")
+        if base is not None and s.gain_interior is not None and s.gain is not None:
+            text += (f" against {fmt(base.psnr_interior.mean, 2)} dB and {fmt(base.ssim_interior.mean, 4)} for the "
+                     f"{BASELINE} baseline: <b>interior PSNR gain {fmt(s.gain_interior.mean, 2, signed=True)} dB</b>, "
+                     f"better than {BASELINE} on {s.wins_interior} of {s.gain_interior.n} test "
+                     f"subject{'s' if s.gain_interior.n != 1 else ''} (whole brain mask: "
+                     f"{fmt(s.gain.mean, 2, signed=True)} dB; HFEN {fmt(s.hfen.mean, 3)} against "
+                     f"{fmt(base.hfen.mean, 3)})")
         parts.append(text + ".")
     if not parts:
         return ""
     n = max(s.psnr.n for s in summaries)
-    return (f'<p class="lead">Mean over {n} test subject{"s" if n != 1 else ""}, inside the brain mask. '
+    return (f'<p class="lead">Mean over {n} test subject{"s" if n != 1 else ""}, inside the brain mask eroded by '
+            f"{INTERIOR_EROSION} voxels (the interior, where a gain cannot come from the mask's edge). "
             + " ".join(parts) + "</p>")
 
 
 def metrics_section(
-    rows: Sequence[Mapping], summaries: Sequence[MethodSummary], gains: Mapping[tuple[str, str], float],
-    ranges: Sequence[float], figure_png: bytes,
+    rows: Sequence[Mapping], summaries: Sequence[MethodSummary],
+    gains: Mapping[str, Mapping[tuple[str, str], float]], ranges: Sequence[float], figure_png: bytes,
 ) -> str:
+    """The metrics tables; ``gains`` maps psnr and psnr_interior to {(subject, method): gain over the baseline}."""
     range_text = " and ".join(f"{r:g}" for r in ranges)
     warn = "" if len(ranges) == 1 else " <b>The rows of metrics.tsv do not agree on the data range.</b>"
     summary_rows = [
         [s.method, f'<td data-value="{s.psnr.n}">{s.psnr.n}</td>',
-         mean_sd(s.psnr, 2), num(s.psnr.median, 2), mean_sd(s.ssim, 4), num(s.ssim.median, 4),
-         *([mean_sd(s.gain, 2, signed=True), num(s.gain.median, 2, signed=True),
-            f'<td data-value="{s.wins}">{s.wins} / {s.gain.n}</td>'] if s.gain else
-           ['<td data-mean="" data-sd="">–</td>', '<td data-value="">–</td>', '<td data-value="">–</td>'])]
+         mean_sd(s.psnr_interior, 2), mean_sd(s.ssim_interior, 4), *_gain_cells(s.gain_interior, s.wins_interior),
+         mean_sd(s.psnr, 2), mean_sd(s.ssim, 4), *_gain_cells(s.gain, s.wins), mean_sd(s.hfen, 4)]
         for s in summaries
     ]
     order = {s.method: k for k, s in enumerate(summaries)}
     per_subject = []
     for r in sorted(rows, key=lambda r: (r["subject"], order[r["method"]])):
-        g = gains.get((r["subject"], r["method"]))
-        gain_cell = num(g, 2, signed=True) if r["method"] != BASELINE else '<td data-value="">baseline</td>'
+        baseline = r["method"] == BASELINE
+        gain_cells = ['<td data-value="">baseline</td>'] * 2 if baseline else [
+            num(gains[key].get((r["subject"], r["method"])), 2, signed=True) for key in ("psnr_interior", "psnr")]
         per_subject.append([r["subject"], f'<td class="text">{esc(r["method"])}</td>',
-                            num(r["psnr"], 2), num(r["ssim"], 4), gain_cell])
+                            num(r["psnr_interior"], 2), num(r["ssim_interior"], 4), gain_cells[0],
+                            num(r["psnr"], 2), num(r["ssim"], 4), gain_cells[1], num(r["hfen"], 4)])
     return "".join([
         '<h2 id="metrics">Metrics on the test subjects</h2>',
-        f'<p class="note">PSNR and SSIM are computed inside each subject\'s brain mask against its HR volume, '
-        f"on intensities normalised so the brain's 99.5th percentile is 1 and clipped to [0, 1]: "
-        f"<b>data range = {range_text}</b> (the <code>data_range</code> column of <code>metrics.tsv</code>).{warn} "
-        f"SSIM uses a Gaussian window (σ = 1.5) and is averaged over brain voxels. The PSNR gain is "
-        f"PSNR(method) − PSNR({BASELINE}) on the same subject; sd is the sample standard deviation (n − 1).</p>",
-        table(["method", "n", "PSNR (dB) mean ± sd", "PSNR median", "SSIM mean ± sd", "SSIM median",
-               f"gain over {BASELINE} (dB) mean ± sd", "gain median", f"better than {BASELINE}"],
+        f'<p class="note">Every score compares a method\'s volume with the subject\'s HR volume on intensities '
+        f"normalised so the brain's 99.5th percentile is 1 and clipped to [0, 1]: <b>data range = {range_text}</b> "
+        f"(the <code>data_range</code> column of <code>metrics.tsv</code>).{warn} "
+        f"<b>Interior</b>: inside the brain mask eroded by {INTERIOR_EROSION} voxels (6-connected), the headline: "
+        f"at the mask's edge the brain meets a dark background and a gain there says little about anatomy. "
+        f"<b>Whole mask</b>: inside the brain mask. SSIM is the SSIM map of the whole volume (Gaussian window, "
+        f"σ = 1.5, K1 = 0.01, K2 = 0.03) averaged over the region's voxels. HFEN (Ravishankar &amp; Bresler "
+        f"2011): the relative L2 error of the volumes filtered by a Laplacian of Gaussian (σ = 1.5 voxels), "
+        f"inside the mask; lower is better. A PSNR gain is PSNR(method) − PSNR({BASELINE}) on the same "
+        f"subject; sd is the sample standard deviation (n − 1).</p>",
+        table(["method", "n", "interior PSNR (dB) mean ± sd", "interior SSIM mean ± sd",
+               f"interior gain over {BASELINE} (dB) mean ± sd", f"better than {BASELINE} (interior)",
+               "whole-mask PSNR (dB) mean ± sd", "whole-mask SSIM mean ± sd",
+               f"whole-mask gain over {BASELINE} (dB) mean ± sd", f"better than {BASELINE} (whole mask)",
+               "HFEN mean ± sd"],
               summary_rows, "metrics-summary"),
         "<h3>Per subject</h3>",
-        table(["subject", "method", "PSNR (dB)", "SSIM", f"PSNR gain over {BASELINE} (dB)"],
+        table(["subject", "method", "interior PSNR (dB)", "interior SSIM", "interior gain (dB)",
+               "whole-mask PSNR (dB)", "whole-mask SSIM", "whole-mask gain (dB)", "HFEN"],
               per_subject, "metrics-per-subject", text_cols=2),
         figure(data_uri(figure_png, "image/png"), "metric distribution by method",
-               "Per-subject PSNR, SSIM and PSNR gain over the spline baseline, one column per method; "
-               "grey lines join one subject's values."),
+               "Per-subject interior and whole-mask PSNR gains over the spline baseline, interior PSNR and SSIM, "
+               "one column per method; grey lines join one subject's values."),
     ])
+
+
+def _gain_cells(gain: Stats | None, wins: int) -> list[str]:
+    if gain is None:
+        return ['<td data-mean="" data-sd="">–</td>', '<td data-value="">–</td>']
+    return [mean_sd(gain, 2, signed=True), f'<td data-value="{wins}">{wins} / {gain.n}</td>']
 
 
 def slices_section(showcase: Sequence[tuple[str, str, bytes, bytes, int]], n_test: int) -> str:
@@ -164,7 +187,7 @@ def slices_section(showcase: Sequence[tuple[str, str, bytes, bytes, int]], n_tes
     parts = [
         '<h2 id="slices">Slices</h2>',
         f'<p class="note">Shown: {len(showcase)} of {n_test} test subjects (with more than three, the lowest, '
-        "median and highest PSNR gain over spline). Slices through the brain mask's centre of mass, "
+        "median and highest interior PSNR gain over spline). Slices through the brain mask's centre of mass, "
         "in neurological convention (left is left). LR is drawn as its own voxels; LR, spline, SR and HR share "
         "the intensity scale [0, 1]; the error maps share one scale (the 99.5th percentile of the errors inside "
         "the brain) and are zero outside the mask, where the metrics are not computed. The yellow box marks "
@@ -210,16 +233,18 @@ def models_section(models: Sequence[Mapping], summaries: Sequence[MethodSummary]
             m["method"], f'<td class="text">{esc(m["variant"])}</td>', num(m["parameters"], 0),
             f'<td data-value="{m["train_seconds"]!r}">{hms(m["train_seconds"])}</td>',
             num(m["train_seconds"] / steps if steps else None, 3), num(m["sr_seconds"], 1),
-            num(s.psnr.mean if s else None, 2), num(s.gain.mean if s and s.gain else None, 2, signed=True),
-            num(s.ssim.mean if s else None, 4),
+            num(s.psnr_interior.mean if s else None, 2),
+            num(s.gain_interior.mean if s and s.gain_interior else None, 2, signed=True),
+            num(s.gain.mean if s and s.gain else None, 2, signed=True), num(s.ssim_interior.mean if s else None, 4),
         ])
     return "".join([
         '<h2 id="models">Models compared</h2>',
         "<p>The main model (<code>sr</code>) and the models of the <code>compare</code> config key, trained on "
         "the same subjects and sampled the same way. Training time is the wall time of all cascade stages "
         "(Snakemake benchmark files), SR time the mean over test subjects; quality as in the metrics table.</p>",
-        table(["method", "model", "parameters", "training", "s / step", "SR per subject (s)", "PSNR mean (dB)",
-               f"gain over {BASELINE} (dB)", "SSIM mean"], rows, "models-compared", text_cols=2),
+        table(["method", "model", "parameters", "training", "s / step", "SR per subject (s)",
+               "interior PSNR mean (dB)", f"interior gain over {BASELINE} (dB)",
+               f"whole-mask gain over {BASELINE} (dB)", "interior SSIM mean"], rows, "models-compared", text_cols=2),
     ])
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from mrisr.metrics import SCORES
+
 BASELINE = "spline"
 
 
@@ -48,42 +50,53 @@ class Stats:
 
 @dataclass(frozen=True)
 class MethodSummary:
-    """Aggregates of one method over the test subjects; ``gain`` is PSNR(method) - PSNR(spline)."""
+    """Aggregates of one method over the test subjects.
+
+    ``gain`` is PSNR(method) - PSNR(spline) in the brain mask, ``gain_interior``
+    the same in the mask's interior (``metrics.interior``); ``wins`` and
+    ``wins_interior`` count the subjects where that gain is positive.
+    """
 
     method: str
     psnr: Stats
     ssim: Stats
     gain: Stats | None  # None for the baseline itself or when no subject has a spline row
-    wins: int  # subjects where the method's PSNR is above the spline's
+    wins: int
+    psnr_interior: Stats
+    ssim_interior: Stats
+    hfen: Stats
+    gain_interior: Stats | None
+    wins_interior: int
 
 
-def gains_over_baseline(rows: Sequence[Mapping]) -> dict[tuple[str, str], float]:
-    """{(subject, method): PSNR(method) - PSNR(spline)} for every non-baseline row with a baseline row."""
-    baseline = {r["subject"]: r["psnr"] for r in rows if r["method"] == BASELINE}
+def gains_over_baseline(rows: Sequence[Mapping], key: str = "psnr") -> dict[tuple[str, str], float]:
+    """{(subject, method): key(method) - key(spline)} for every non-baseline row with a baseline row."""
+    baseline = {r["subject"]: r[key] for r in rows if r["method"] == BASELINE}
     return {
-        (r["subject"], r["method"]): r["psnr"] - baseline[r["subject"]]
+        (r["subject"], r["method"]): r[key] - baseline[r["subject"]]
         for r in rows
         if r["method"] != BASELINE and r["subject"] in baseline
     }
 
 
 def summarise(rows: Sequence[Mapping]) -> list[MethodSummary]:
-    """One ``MethodSummary`` per method of ``rows`` (dicts with subject, method, psnr, ssim)."""
+    """One ``MethodSummary`` per method of ``rows`` (dicts with subject, method and ``metrics.SCORES``)."""
     keys = [(r["subject"], r["method"]) for r in rows]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"metrics table has repeated (subject, method) rows: {dup}")
-    gains = gains_over_baseline(rows)
+    gains = {key: gains_over_baseline(rows, key) for key in ("psnr", "psnr_interior")}
     out = []
     for method in method_order(rows):
         mine = [r for r in rows if r["method"] == method]
-        g = [gains[(r["subject"], method)] for r in mine if (r["subject"], method) in gains]
+        g = {key: [gains[key][(r["subject"], method)] for r in mine if (r["subject"], method) in gains[key]]
+             for key in gains}
+        stats = {key: Stats.of([r.get(key, float("nan")) for r in mine]) for key in SCORES}
         out.append(MethodSummary(
-            method=method,
-            psnr=Stats.of([r["psnr"] for r in mine]),
-            ssim=Stats.of([r["ssim"] for r in mine]),
-            gain=Stats.of(g) if g else None,
-            wins=sum(1 for v in g if v > 0),
+            method=method, **stats,
+            gain=Stats.of(g["psnr"]) if g["psnr"] else None, wins=sum(1 for v in g["psnr"] if v > 0),
+            gain_interior=Stats.of(g["psnr_interior"]) if g["psnr_interior"] else None,
+            wins_interior=sum(1 for v in g["psnr_interior"] if v > 0),
         ))
     return out
 

@@ -105,6 +105,10 @@ def batch_loader(
 
     Workers make up to four batches each ahead of the loop; with ``pin_memory``
     the batches come in page-locked memory, for asynchronous copies to the GPU.
+    The workers ignore stop signals (the training process saves and stops
+    first) and end when the iterator is exhausted or dropped: drop it before
+    the process exits (``TrainLoop.close``), since they ignore the SIGTERM
+    that ``multiprocessing`` ends leftover workers with.
     """
     loader = torch.utils.data.DataLoader(
         StepBatches(sampler, rows), batch_size=None, sampler=range(start, stop), num_workers=workers,

@@ -1,0 +1,94 @@
+"""How the HR/LR pairs are made: as a scanner acquires them (``acquisition``), or the seed's way (``masked``).
+
+``acquisition`` (the default): the LR is made from the whole head, before
+any skull stripping, as a scanner acquires the whole field of view at low
+resolution. The raw volume is degraded over its whole field of view
+(``data.degrade``, the config's ``degrade.method``); the intensity scale is
+the ``percentile`` of that LR volume's whole field of view, so neither the
+HR's brain mask nor its intensities shape the LR. The HR (the whole head,
+not masked) and the LR are then cropped to the same box around the brain
+(its start and size multiples of the factor, so the LR's crop is exactly the
+HR box's coarse grid), divided by that scale and clipped to [0, 1]. The
+brain mask is used for the box's place, for drawing training patches and for
+scoring, never to shape the LR.
+
+``masked`` (the seed's order, kept to reproduce the paper): the HR is masked
+(zero outside the brain), normalised by its brain's percentile, and the LR
+is made from that masked volume. The LR then carries the HR mask's sharp,
+cortex-following edge, which no scanner produces: a model learns to redraw
+it, and gains measured over the whole mask come largely from that edge
+(docs/benchmarks.md, "The acquisition protocol").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrisr.data.degrade import downsample, downsample_affine
+from mrisr.data.skullstrip import brain_box
+from mrisr.io import crop_or_pad
+
+PROTOCOLS = ("acquisition", "masked")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The degradation a scan goes through: total factor, spline order, method (``data.degrade``)."""
+
+    factor: int
+    order: int = 3
+    method: str = "spline"
+
+    def lr_of_field_of_view(self, t1: np.ndarray) -> np.ndarray:
+        """The whole field of view degraded, after zero-padding its sides to multiples of the factor."""
+        pad = [(0, (-n) % self.factor) for n in t1.shape]
+        return downsample(np.pad(t1.astype(np.float32), pad), self.factor, self.order, self.method)
+
+
+def head_scale(lr: np.ndarray, percentile: float) -> float:
+    """The intensity scale of an acquisition: the ``percentile`` of its LR volume's whole field of view."""
+    scale = float(np.percentile(lr, percentile))
+    if not scale > 0:
+        raise ValueError(f"the {percentile}th percentile of the LR field of view is {scale}, not > 0")
+    return scale
+
+
+def aligned_box(mask: np.ndarray, affine: np.ndarray, margin_mm: float, factor: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``skullstrip.brain_box`` with its start moved down and its end up to multiples of ``factor``."""
+    start, shape = brain_box(mask, affine, margin_mm, factor)
+    lo = [int(math.floor(s / factor) * factor) for s in start]
+    hi = [int(math.ceil((s + n) / factor) * factor) for s, n in zip(start, shape)]
+    return tuple(lo), tuple(h - low for h, low in zip(hi, lo))
+
+
+def crop_normalised(volume: np.ndarray, affine: np.ndarray, start, shape, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The box of ``volume`` (zeros beyond its edge) divided by ``scale`` and clipped to [0, 1], and its affine."""
+    box, box_affine = crop_or_pad(volume, affine, tuple(start), tuple(shape))
+    return np.clip(box / scale, 0.0, 1.0).astype(np.float32), box_affine
+
+
+def acquired_lr(
+    t1: np.ndarray, affine: np.ndarray, hr_start: tuple[int, ...], hr_shape: tuple[int, ...],
+    acquisition: Acquisition, percentile: float,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The LR of the HR box at ``hr_start`` (raw voxels) of size ``hr_shape``: normalised, its affine, the scale."""
+    f = acquisition.factor
+    if any(s % f for s in (*hr_start, *hr_shape)):
+        raise ValueError(f"HR box start {hr_start} and shape {hr_shape} are not multiples of the factor {f}")
+    lr = acquisition.lr_of_field_of_view(t1)
+    scale = head_scale(lr, percentile)
+    out, lr_affine = crop_normalised(lr, downsample_affine(affine, f), [s // f for s in hr_start],
+                                     [n // f for n in hr_shape], scale)
+    return out, lr_affine, scale
+
+
+def box_start(raw_affine: np.ndarray, box_affine: np.ndarray) -> tuple[int, ...]:
+    """Where a box cut from a raw grid starts on it, from the two affines (``io.crop_or_pad`` translates only)."""
+    offset = np.linalg.solve(raw_affine[:3, :3], box_affine[:3, 3] - raw_affine[:3, 3])
+    start = np.round(offset).astype(int)
+    if not np.allclose(offset, start, atol=1e-3) or not np.allclose(raw_affine[:3, :3], box_affine[:3, :3]):
+        raise ValueError("the HR volume is not a box of the raw volume's grid (its affine is not a whole-voxel shift)")
+    return tuple(int(s) for s in start)
