@@ -19,7 +19,13 @@ with the real training loop and the real sliding-window inference:
 4. **Whole volume.** One network pass over a full-size volume through
    ``sliding_window`` with the config's sampling patch, overlap and batch,
    and the time of ``super_resolve``'s passes per volume
-   (``sampling.steps_run`` x ``n_samples``).
+   (``sampling.steps_run`` x ``n_samples``); then ``super_resolve_stage``
+   itself on a full-size LR: the posterior-mean estimate of one sample (one
+   pass) and one DDIM sample of the config's steps, timed whole.
+
+The training patches come from stage caches on disk (``training.cache``)
+through the loader's worker processes (``train.loader_workers``' default), and
+the check reports the share of the training time spent waiting for them.
 
 Writes one TSV (``--out``, default benchmarks/results/gpu_check.tsv) with
 rows (section, measure, value, unit) and the device's name.
@@ -34,6 +40,7 @@ import argparse
 import copy
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,7 +56,10 @@ from mrisr.config import SamplingOptions, section_defaults  # noqa: E402
 from mrisr.device import autocast, pick_device  # noqa: E402
 from mrisr.diffusion.cascade import StagePair  # noqa: E402
 from mrisr.diffusion.sampler import sliding_window  # noqa: E402
+from mrisr.diffusion.parameterization import Parameterization  # noqa: E402
 from mrisr.distributed import World  # noqa: E402
+from mrisr.inference import Stage, super_resolve_stage  # noqa: E402
+from mrisr.training.cache import CachedVolume, write_stage_cache  # noqa: E402
 from mrisr.training.loop import StageRun, TrainLoop  # noqa: E402
 
 HCP_CROPPED = (220, 272, 230)  # a 0.7 mm HCP T1w after skullstrip's crop (issue 13)
@@ -132,14 +142,27 @@ def median_seconds(fn: Callable[[], object], sync: Sync, repeats: int, warmup: i
     return statistics.median(times)
 
 
-def check_training(config: dict, volume: tuple[int, ...], device: torch.device, rows: Rows, smoke: bool) -> TrainLoop:
+def check_training(config: dict, volume: tuple[int, ...], device: torch.device, rows: Rows, smoke: bool,
+                   caches: Path) -> TrainLoop:
     sync = Sync(device)
-    pairs = [synthetic_pair(volume, k) for k in range(2)]
+    for k in range(2):
+        write_stage_cache(synthetic_pair(volume, k), caches / f"s{k}", [1.4] * 3)
+    volumes = [CachedVolume(caches / f"s{k}") for k in range(2)]
     run = StageRun(config=config, stage=0, checkpoint="unused.pt", log_tsv="unused.tsv")
-    loop = TrainLoop(pairs[:1], pairs[1:], run, World(device=device))
+    loop = TrainLoop(volumes[:1], volumes[1:], run, World(device=device))
     tcfg = config["train"]
     sync.reset_peak()
-    step = median_seconds(loop.train_step, sync, repeats=3 if smoke else 20, warmup=2 if smoke else 5)
+    for _ in range(2 if smoke else 5):  # warm-up: kernels chosen, loader workers started
+        loop.train_step()
+    repeats = 3 if smoke else 40
+    waited, start = loop.data_wait, sync.now()
+    times = []
+    for _ in range(repeats):
+        t0 = sync.now()
+        loop.train_step()
+        times.append(sync.now() - t0)
+    step, total = statistics.median(times), sync.now() - start
+    wait_share = (loop.data_wait - waited) / total
     draw = median_seconds(lambda: loop.sampler.batch(loop.step, range(loop.batch)), sync, repeats=3 if smoke else 20,
                           warmup=1)
     steps = int(tcfg["steps"])
@@ -149,6 +172,8 @@ def check_training(config: dict, volume: tuple[int, ...], device: torch.device, 
         ("train", "seconds_per_step", f"{step:.4f}", "s"),
         ("train", "patch_draw_per_step", f"{draw:.4f}", "s (numpy, in the step above)"),
         ("train", "peak_gpu_memory", f"{sync.peak_gb():.2f}", "GiB"),
+        ("train", "loader_workers", run.workers(device), "processes"),
+        ("train", "share_of_time_waiting_for_patches", f"{100 * wait_share:.1f}", "%"),
         ("train", f"hours_for_{steps}_steps", f"{step * steps / 3600:.2f}", "h"),
     ]
     return loop
@@ -227,6 +252,24 @@ def check_whole_volume(model: torch.nn.Module, config: dict, volume: tuple[int, 
     ]
 
 
+def check_sampling(model: torch.nn.Module, config: dict, volume: tuple[int, ...], device: torch.device,
+                   rows: Rows) -> None:
+    """``super_resolve_stage`` on a full-size LR: a posterior-mean estimate (one pass), one DDIM sample."""
+    factor = int(config["cascade"]["factors"][0])
+    stage = Stage(model=model, config=config, stage=0, factor=factor, path=Path("untrained"),
+                  param=Parameterization.from_diffusion(config["diffusion"]))
+    lr = synthetic_pair(tuple(n // factor for n in volume), 0).target
+    base = SamplingOptions.from_mapping(config["sampling"])
+    sync = Sync(device)
+    for name, options in (("posterior_mean_1_sample", base.with_values(n_samples=1, estimate="posterior_mean")),
+                          (f"ddim_{base.steps}_steps_1_sample", base.with_values(n_samples=1, estimate="sample_mean"))):
+        sync.reset_peak()
+        start = sync.now()
+        super_resolve_stage(stage, lr, options, torch.Generator(device="cpu").manual_seed(0))
+        rows += [("sampling", f"{name}_seconds", f"{sync.now() - start:.1f}", "s"),
+                 ("sampling", f"{name}_peak_gpu_memory", f"{sync.peak_gb():.2f}", "GiB")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny network and volumes: seconds, on any device")
@@ -240,12 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = Rows(args.out)
     rows += [("device", "name", name, "-"), ("device", "torch", torch.__version__, "-")]
-    loop = check_training(config, volume, device, rows, args.smoke)
-    rows.flush()
-    model = copy.deepcopy(loop.ema).eval()
-    del loop
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as caches:
+        loop = check_training(config, volume, device, rows, args.smoke, Path(caches))
+        rows.flush()
+        model = copy.deepcopy(loop.ema).eval()
+        loop.close()  # the loader's workers end before their caches go
+        del loop
     check_bf16(model, int(config["train"]["patch_size"]), device, rows)
     check_whole_volume(model, config, volume, device, rows)
+    rows.flush()
+    check_sampling(model, config, volume, device, rows)
     rows.flush()
     sides = [16, 24] if args.smoke else [64, 96, 128, 160, 192, 224, 256, 288, 320]
     check_inference_curve(model, sides, device, rows, args.smoke)

@@ -16,7 +16,9 @@ def test_gpu_check_smoke_measures_every_section(tmp_path):
                    capture_output=True)
     with open(out, newline="") as fh:
         rows = {(r["section"], r["measure"]): r["value"] for r in csv.DictReader(fh, delimiter="\t")}
-    assert {section for section, _ in rows} == {"device", "train", "bf16", "volume", "inference"}
+    assert {section for section, _ in rows} == {"device", "train", "bf16", "volume", "sampling", "inference"}
+    assert 0 <= float(rows["train", "share_of_time_waiting_for_patches"]) <= 100
+    assert float(rows["sampling", "ddim_2_steps_1_sample_seconds"]) > 0
     assert float(rows["train", "seconds_per_step"]) > 0
     assert int(rows["train", "parameters"]) > 0
     # the smoke config samples 2 steps x 2 samples: four passes of the network over the volume

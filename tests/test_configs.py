@@ -61,3 +61,24 @@ def test_hcp_gpu_training_step_costs_what_its_comment_says():
         with counter:
             model(x, x, torch.zeros(batch, dtype=torch.long)).sum().backward()
     assert round(counter.get_total_flops() / 1e12) == 33
+
+
+@pytest.mark.parametrize("diffusion, sampling, message", [
+    ({"schedule": "seed", "prediction": "eps"}, {"estimate": "sample_mean"}, "cannot be used with schedule 'seed'"),
+    ({"schedule": "seed", "prediction": "edm"}, {}, "cannot be used with schedule 'seed'"),
+    ({"schedule": "cosine", "prediction": "eps"}, {"estimate": "posterior_mean"}, "divid"),
+])
+def test_broken_combinations_are_refused_with_a_reason(diffusion, sampling, message):
+    from mrisr.config import ConfigError, check_combinations
+
+    with pytest.raises(ConfigError, match=message):
+        check_combinations(diffusion, sampling)
+
+
+def test_working_combinations_pass():
+    from mrisr.config import check_combinations
+
+    check_combinations({"schedule": "seed", "prediction": "x0"}, {"estimate": "posterior_mean"})
+    check_combinations({"schedule": "cosine", "prediction": "eps"}, {"estimate": "sample_mean"})
+    config = merged("config.yaml")
+    check_combinations(config["diffusion"], config["sampling"])

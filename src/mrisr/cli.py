@@ -2,11 +2,15 @@
 
     mrisr super-resolve IN.nii.gz -o OUT.nii.gz --model results/models/stage1/checkpoint.pt [...]
 
-The scan is brought to the workflow's intensity convention (brain 99.5th
-percentile = 1, clipped to [0, 1]) inside its brain: the voxels of ``--mask``
-when given, else its non-zero voxels (a skull-stripped scan). The output is
-written back in the input's intensity units, on the grid ``factor`` times
-finer whose affine puts it exactly over the input in world space.
+The scan is brought to the intensity convention the cascade was trained with
+(its checkpoint's ``degrade.protocol``, ``data.protocol``): for the
+acquisition protocol, a whole-head scan as it is, scaled so the 99.5th
+percentile of its field of view is 1 and clipped to [0, 1]; for the seed's
+masked protocol, the brain only (the voxels of ``--mask`` when given, else
+the non-zero voxels of a skull-stripped scan), scaled so the brain's 99.5th
+percentile is 1. The output is written back in the input's intensity units,
+on the grid ``factor`` times finer whose affine puts it exactly over the
+input in world space.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 import mrisr
-from mrisr.config import ConfigError, SamplingOptions, section_defaults
+from mrisr.config import ConfigError, SamplingOptions, check_combinations, section_defaults
 
 log = logging.getLogger("mrisr")
 
@@ -35,12 +39,18 @@ def _progress(stage: int, n_stages: int, step: int, n_steps: int) -> None:
     print(f"\rstage {stage + 1}/{n_stages}: step {step}/{n_steps}", end=end, file=sys.stderr, flush=True)
 
 
-def _normalise(data: np.ndarray, brain: np.ndarray, percentile: float, path: str) -> tuple[np.ndarray, float]:
-    scale = float(np.percentile(data[brain], percentile))
+def _normalise(data: np.ndarray, brain: np.ndarray, percentile: float, path: str,
+               protocol: str) -> tuple[np.ndarray, float]:
+    """The scan on the training's intensity scale (see the module's doc), and that scale."""
+    if protocol == "acquisition":
+        scale, where = float(np.percentile(data, percentile)), "field of view's"
+    else:
+        scale, where = float(np.percentile(data[brain], percentile)), "brain's"
     if not scale > 0:
-        raise InputError(f"{path}: the brain's {percentile}th intensity percentile is {scale:g}, not > 0")
+        raise InputError(f"{path}: the {where} {percentile}th intensity percentile is {scale:g}, not > 0")
     out = np.clip(data / scale, 0.0, 1.0).astype(np.float32)
-    out[~brain] = 0.0
+    if protocol != "acquisition":
+        out[~brain] = 0.0
     return out, scale
 
 
@@ -64,8 +74,8 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
         raise InputError(message) from None
 
 
-def _load_scan(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T1 with everything outside the brain removed, its brain mask, its affine); checked."""
+def _load_scan(args: argparse.Namespace, keep_head: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T1, with everything outside the brain removed when a mask is given; its brain mask; its affine); checked."""
     from mrisr.io import check_contrast, check_same_grid, load_volume
 
     data, affine = load_volume(args.input)
@@ -77,7 +87,7 @@ def _load_scan(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.nda
     brain = mask > 0
     if not brain.any():
         raise InputError(f"{args.mask}: the brain mask is empty")
-    return np.where(brain, data, 0.0), brain, affine
+    return (data if keep_head else np.where(brain, data, 0.0)), brain, affine
 
 
 def super_resolve_scan(args: argparse.Namespace) -> None:
@@ -93,10 +103,14 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     for path in (args.output, args.sd):
         if path and not str(path).endswith((".nii", ".nii.gz")):
             raise InputError(f"{path}: output names must end in .nii or .nii.gz")
-    data, brain, affine = _load_scan(args)
-    normalised, scale = _normalise(data, brain, args.percentile, args.input)
-
     stages = load_cascade(args.model, pick_device(args.device))
+    try:
+        check_combinations(stages[0].config["diffusion"], options.to_dict())
+    except ConfigError as err:
+        raise InputError(f"{args.model[0]}: {err}") from None
+    protocol = stages[0].config["degrade"].get("protocol", "masked")  # checkpoints before it were masked
+    data, brain, affine = _load_scan(args, keep_head=protocol == "acquisition")
+    normalised, scale = _normalise(data, brain, args.percentile, args.input, protocol)
     trained = stages[0].config.get("data", {}).get("lr_voxel_size_mm")
     if trained is not None:
         warning = check_voxel_size(affine, np.asarray(trained), args.input)
@@ -134,13 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sr.add_argument("input", help="the low-resolution T1 NIfTI (skull-stripped, or give --mask)")
+    sr.add_argument("input", help="the low-resolution T1 NIfTI: the whole head for a cascade trained with the "
+                                  "acquisition protocol (the default); skull-stripped, or give --mask, for the masked one")
     sr.add_argument("-o", "--output", required=True, help="the super-resolved NIfTI to write")
     sr.add_argument("--model", nargs="+", required=True, metavar="CHECKPOINT",
                     help="stage checkpoints, coarse to fine (results/models/stage*/checkpoint.pt)")
-    sr.add_argument("--mask", help="brain mask on the input's grid; voxels outside it are removed")
+    sr.add_argument("--mask", help="brain mask on the input's grid (masked protocol: voxels outside it are removed; "
+                                   "acquisition protocol: not needed)")
     sr.add_argument("--percentile", type=float, default=99.5,
-                    help="brain intensity percentile mapped to 1, as in the workflow (default 99.5)")
+                    help="intensity percentile mapped to 1, as in the workflow: of the field of view "
+                         "(acquisition protocol) or of the brain (masked) (default 99.5)")
     d = section_defaults("sampling")
     sr.add_argument("--sampler", choices=("ddim", "ancestral"), help=f"reverse process (default {d['method']})")
     sr.add_argument("--steps", type=int, help=f"reverse steps (default {d['steps']})")

@@ -71,6 +71,26 @@ def section(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_combinations(diffusion: Mapping[str, Any], sampling: Mapping[str, Any]) -> None:
+    """Refuse combinations of valid keys that cannot work, with a one-line reason (``ConfigError``).
+
+    - The ``seed`` schedule's ᾱ_t underflows to 0 in float32 from t ≈ 491, so an
+      ``eps`` network's x0 = (x_t - sqrt(1 - ᾱ) eps) / sqrt(ᾱ) divides by zero,
+      and ``edm``'s noise level sqrt((1 - ᾱ) / ᾱ) is infinite.
+    - The ``posterior_mean`` estimate is the x0 prediction at t = T, where an
+      ``eps`` network's x0 divides by sqrt(ᾱ_T) (about 0.006 for the cosine
+      schedule): it multiplies the network's error by over 150.
+    """
+    d = {**section_defaults("diffusion"), **dict(diffusion)}
+    estimate = {**section_defaults("sampling"), **dict(sampling)}["estimate"]
+    if d["schedule"] == "seed" and d["prediction"] in ("eps", "edm"):
+        raise ConfigError(f"diffusion.prediction: {d['prediction']!r} cannot be used with schedule 'seed', whose "
+                          "ᾱ_t underflows to 0 from t ≈ 491 (x0 from it divides by zero); use x0 or v")
+    if estimate == "posterior_mean" and d["prediction"] == "eps":
+        raise ConfigError("sampling.estimate: 'posterior_mean' is the x0 prediction at t = T, which an 'eps' network "
+                          "gives only by dividing by sqrt(ᾱ_T) ≈ 0; use prediction x0, v or edm, or estimate sample_mean")
+
+
 Estimate = Literal["sample_mean", "posterior_mean"]
 Variance = Literal["posterior", "analytic"]
 SamplerName = Literal["ancestral", "ddim"]

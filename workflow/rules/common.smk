@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 import _adapter  # noqa: E402,F401
 
 from mrisr.compare import compare_configs, model_config
-from mrisr.config import SamplingOptions
+from mrisr.config import SamplingOptions, check_combinations
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
@@ -55,6 +55,7 @@ def canonical(value):
 # The part of the config a trained model depends on; a change re-runs training.
 MODEL_CONFIG = canonical(model_config(config))
 # Validated once here, so a bad combination fails before any job runs.
+check_combinations(config["diffusion"], config["sampling"])  # stops the run before any job, with the reason
 SAMPLING = canonical(SamplingOptions.from_mapping(config["sampling"]).to_dict())
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.
