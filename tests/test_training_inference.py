@@ -311,3 +311,33 @@ def test_residual_scale_round_trips_and_scales_the_loss_by_its_square(config):
         losses = [float(diffusion_loss(model, schedule, p, cond, hr, t, noise)) for p in (unscaled, scaled)]
     assert losses[0] == pytest.approx(float(((hr - cond) ** 2).mean()), rel=1e-5)
     assert losses[1] == pytest.approx(100.0 * losses[0], rel=1e-5)
+
+
+def test_the_regression_baseline_learns_x0_from_the_condition_and_samples_in_one_pass(tmp_path, config):
+    """train.objective: regression: the MSE loss on x0 from the condition alone; inference is one network
+    pass (x_t = 0, t = 0) per mirroring, deterministic, with no sd map."""
+    from mrisr.data.degrade import downsample, upsample
+    from mrisr.inference import load_stage, super_resolve
+
+    cfg = {**config, "cascade": {"factors": [2]}, "train": {**config["train"], "objective": "regression", "steps": 30},
+           "device": "cpu"}
+    pairs = []
+    for seed in range(3):
+        hr, mask = _volumes(seed)
+        pairs.append(stage_pair(hr, downsample(hr, 2), mask, [2], 0))
+    ckpt = tmp_path / "regression.pt"
+    log_rows = []
+    train_stage(pairs[:2], pairs[2:], StageRun(cfg, 0, ckpt, tmp_path / "log.tsv"), log=log_rows.append)
+    losses = [float(r.split("train ")[1].split()[0]) for r in log_rows if r.startswith("step ")]
+    assert losses[-1] < losses[0], losses  # it learns
+    stage = load_stage(ckpt, torch.device("cpu"))
+    assert stage.x0_mse is None  # no reverse process, no error by timestep
+    lr = downsample(_volumes(3)[0], 2)
+    options = SamplingOptions.from_mapping({**cfg["sampling"], "n_samples": 2, "flip_ensemble": False})
+    out = super_resolve(lr, [ckpt], options, device="cpu", log=lambda m: None)[-1]
+    assert out.sd is None
+    cond = torch.from_numpy(upsample(lr, 2))[None, None]
+    with torch.no_grad():
+        x0 = stage.model(torch.zeros_like(cond), cond, torch.zeros(1, dtype=torch.long))
+    expected = np.clip(stage.param.from_diffusion_space(x0, cond)[0, 0].numpy(), 0, 1)
+    np.testing.assert_allclose(out.mean, expected, atol=1e-5)

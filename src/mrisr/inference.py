@@ -139,6 +139,19 @@ class _StageSampler:
 
         return denoise
 
+    @torch.no_grad()
+    def regress(self, cond: torch.Tensor) -> torch.Tensor:
+        """The regression baseline's x0: one pass over the volume, x_t = 0 and t = 0 (``training.loop.regression_loss``)."""
+        model, device = self.stage.model, self.device
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            t = torch.zeros(batch.shape[0], dtype=torch.long, device=device)
+            with autocast(device):
+                return model(batch[:, :1], batch[:, 1:], t)
+
+        inputs = torch.cat([torch.zeros_like(cond), cond], dim=1)
+        return sliding_window(predict, inputs, self.options.patch_size, self.options.overlap, self.options.batch_size)
+
     def draw(
         self, padded: np.ndarray, crop: tuple[slice, ...], axes: tuple[int, ...],
         generator: torch.Generator, progress: Callable[[int, int], None] | None,
@@ -153,6 +166,9 @@ class _StageSampler:
             out = param.from_diffusion_space(x0, cond)
             return np.clip(np.flip(out[0, 0].float().cpu().numpy(), axes)[crop], 0.0, 1.0)
 
+        if self.stage.config["train"].get("objective", "diffusion") == "regression":
+            image = to_image(self.regress(cond))
+            return image, image
         if self.options.start_t is not None:  # from the condition itself: x0 = 0 residual, or the spline image
             x_start = start_from(self.schedule, param.to_diffusion_space(cond, cond), generator)
         else:
@@ -207,7 +223,8 @@ def super_resolve_stage(
     if options.data_consistency:
         mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency,
                                 stage.config["degrade"].get("method", "spline"))
-    sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 else None
+    regression = stage.config["train"].get("objective", "diffusion") == "regression"
+    sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 and not regression else None
     return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd)
 
 

@@ -135,6 +135,16 @@ def diffusion_loss(
     return F.mse_loss(model(xt, cond, t).float(), param.regression_target(schedule, x0, t, unit_noise))
 
 
+def regression_loss(
+    model: torch.nn.Module, param: Parameterization, cond: torch.Tensor, volume: torch.Tensor,
+) -> torch.Tensor:
+    """The regression baseline's loss (``train.objective: regression``): mean squared error of x0 predicted
+    from the condition alone, the network's x_t input zero and its timestep 0; what E[x0 | LR] is fitted with."""
+    x0 = param.to_diffusion_space(volume, cond)
+    t = torch.zeros(cond.shape[0], dtype=torch.long, device=cond.device)
+    return F.mse_loss(model(torch.zeros_like(x0), cond, t).float(), x0)
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """``torch.save`` through a temporary file and a rename (never a half-written checkpoint)."""
     with atomic_path(path) as tmp:
@@ -177,6 +187,7 @@ class TrainLoop:
         tcfg = run.config["train"]
         self.run, self.world, self.tcfg = run, world, tcfg
         self.param = Parameterization.from_diffusion(run.config["diffusion"])
+        self.regression = tcfg.get("objective", "diffusion") == "regression"
         seed = int(tcfg["seed"]) + 1000 * run.stage
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
@@ -264,7 +275,7 @@ class TrainLoop:
         noise = torch.randn((batch, *cond.shape[1:]), generator=self.noise_gen)[rows].to(dev)
         self.model.train()
         with autocast(dev):
-            loss = diffusion_loss(self.net, self.schedule, self.param, cond, volume, t, noise)
+            loss = self.loss(self.net, cond, volume, t, noise)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (self.share * self.world.size)).backward()  # DDP averages over workers: the batch mean
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["grad_clip"]))
@@ -274,12 +285,18 @@ class TrainLoop:
         self.step += 1
         return lr, float(loss.detach()) * self.share
 
+    def loss(self, net: torch.nn.Module, cond: torch.Tensor, volume: torch.Tensor, t: torch.Tensor,
+             noise: torch.Tensor) -> torch.Tensor:
+        """The objective's loss on a batch: the diffusion loss, or the regression baseline's (``t``, ``noise`` unused)."""
+        if self.regression:
+            return regression_loss(net, self.param, cond, volume)
+        return diffusion_loss(net, self.schedule, self.param, cond, volume, t, noise)
+
     def validate(self) -> float:
         """The EMA network's loss on the fixed validation batch (the main worker only)."""
         v, dev = self.val, self.world.device
         with torch.no_grad(), autocast(dev):
-            return float(diffusion_loss(self.ema, self.schedule, self.param, v.cond.to(dev), v.target.to(dev),
-                                        v.t.to(dev), v.noise.to(dev)))
+            return float(self.loss(self.ema, v.cond.to(dev), v.target.to(dev), v.t.to(dev), v.noise.to(dev)))
 
     def record(self, batch_loss: float, lr: float, elapsed: Callable[[], float], log: Callable[[str], None]) -> None:
         """Add a step's loss to the running mean; at a validation step, validate and log a row."""
@@ -304,6 +321,8 @@ class TrainLoop:
         final = self.state_dict(seconds)
         del final["progress"], final["data"]
         final.update(format=1, train_seconds=seconds)
+        if self.regression:  # one pass, no reverse process: no x0 error by timestep to measure
+            return final
         grid = analytic.error_grid(self.schedule)
         v, dev = self.val, self.world.device
         with autocast(dev):
