@@ -136,5 +136,8 @@ def test_stopped_and_requeued_training_jobs_resume_on_two_ddp_workers(slurm_clus
         assert "x 2 workers" in log_text and "resumed from step" in log_text, log_text
         final = torch.load(models / f"stage{stage}" / "checkpoint.pt", weights_only=True)
         assert final["step"] == steps and not (models / f"stage{stage}" / "resume.pt").exists()
-        assert_same_model(final, train_reference(workdir, final, tmp_path / f"reference{stage}"))
+        # 200 steps of two DDP workers against one process: the all-reduce's summation order drifts the
+        # weights apart (1.9e-4 relative, measured) while the logged losses agree to 6 digits at every
+        # logged step; test_resume.py checks exact continuation over fewer steps at 1e-4.
+        assert_same_model(final, train_reference(workdir, final, tmp_path / f"reference{stage}"), rtol=5e-4)
     report_time(pytestconfig, f"\ninterrupted training through Slurm: {time.monotonic() - start:.0f} s")
