@@ -1,0 +1,106 @@
+"""Diffusion against the regression baseline as training lengthens, scored on validation subjects only.
+
+For each objective (``diffusion``, ``regression``) and each step count this
+trains stage 1 of a finished run's model config (its checkpoint's config,
+``train.steps`` and ``train.objective`` overridden) on the run's stage caches
+(``results/cache/stage1/``), then super-resolves the run's **validation**
+subjects with the demo config's sampling (``--sampling``) and scores them against their HR: PSNR
+and SSIM in the brain mask and in its interior, HFEN, and the gains over the
+spline baseline (``metrics.scores``). Test subjects are never read. Rows are
+appended to ``--out`` as each model is scored, so a run stopped at a time
+limit keeps what it measured.
+
+    .venv/bin/python benchmarks/recipe_steps.py --results results --steps 200 1000 \
+        --out benchmarks/results/recipe_steps.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mrisr import metrics  # noqa: E402
+from mrisr.config import SamplingOptions  # noqa: E402
+from mrisr.data.degrade import upsample  # noqa: E402
+from mrisr.data.splits import read_splits  # noqa: E402
+from mrisr.inference import super_resolve  # noqa: E402
+from mrisr.io import load_volume  # noqa: E402
+from mrisr.resume import StopSignals  # noqa: E402
+from mrisr.training import StageRun, TrainJob  # noqa: E402
+from mrisr.training.job import run_job  # noqa: E402
+
+COLUMNS = ("objective", "steps", "train_seconds", "subject", "method", *metrics.SCORES, "gain", "gain_interior")
+
+
+def train(results: Path, config: dict, objective: str, steps: int, out: Path) -> tuple[Path, float]:
+    cfg = copy.deepcopy(config)
+    cfg["train"].update(steps=steps, objective=objective, val_every=max(1, steps // 4))
+    cfg["device"] = "auto"
+    caches = results / "cache" / "stage1"
+    run = StageRun(cfg, 0, str(out / "checkpoint.pt"), str(out / "train_log.tsv"))
+    job = TrainJob(run, str(results / "splits.tsv"), caches={p.name: str(p) for p in caches.iterdir()})
+    with StopSignals() as stop:
+        result = run_job(job, stop)
+    return out / "checkpoint.pt", result.seconds
+
+
+def score(results: Path, checkpoint: Path, config: dict, sampling: SamplingOptions, subject: str) -> list[dict]:
+    factor = int(config["cascade"]["factors"][0])
+    hr, _ = load_volume(results / "hr" / subject / "T1w.nii.gz")
+    mask = load_volume(results / "hr" / subject / "brainmask.nii.gz")[0] > 0
+    lr, _ = load_volume(results / "lr" / subject / f"x{factor}.nii.gz")
+    sr = super_resolve(lr, [checkpoint], sampling, log=lambda m: None)[-1].mean
+    spline = upsample(lr, factor, int(config["degrade"]["order"]))
+    rows = {name: metrics.scores(hr, volume, mask) for name, volume in (("spline", spline), ("sr", sr))}
+    for row in rows.values():
+        row["gain"] = row["psnr"] - rows["spline"]["psnr"]
+        row["gain_interior"] = row["psnr_interior"] - rows["spline"]["psnr_interior"]
+    return [{"method": name, **row} for name, row in rows.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--config", type=Path, help="a JSON model config (default: the run's stage-1 checkpoint's)")
+    parser.add_argument("--sampling", type=Path, default=ROOT / "config" / "config.yaml",
+                        help="the config file whose sampling section scores the models (default: the demo's)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--objectives", nargs="+", default=["diffusion", "regression"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/recipe_steps"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recipe_steps.tsv")
+    args = parser.parse_args()
+    if args.config:
+        config = json.loads(args.config.read_text())
+    else:
+        import torch
+
+        config = torch.load(args.results / "models" / "stage1" / "checkpoint.pt", weights_only=True)["config"]
+    sampling = SamplingOptions.from_mapping(yaml.safe_load(args.sampling.read_text()).get("sampling", {}))
+    val = sorted(s for s, split in read_splits(args.results / "splits.tsv").items() if split == "val")
+    if not args.out.exists():
+        args.out.write_text("\t".join(COLUMNS) + "\n")
+    for steps in args.steps:
+        for objective in args.objectives:
+            checkpoint, seconds = train(args.results, config, objective, steps, args.work / f"{objective}_{steps}")
+            for subject in val:
+                for row in score(args.results, checkpoint, config, sampling, subject):
+                    values = {"objective": objective, "steps": steps, "train_seconds": f"{seconds:.1f}",
+                              "subject": subject, **{k: f"{v:.4f}" for k, v in row.items() if k != "method"},
+                              "method": row["method"]}
+                    line = "\t".join(str(values[c]) for c in COLUMNS)
+                    print(line, flush=True)
+                    with open(args.out, "a") as fh:
+                        fh.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
