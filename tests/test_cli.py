@@ -159,3 +159,30 @@ def test_help_for_every_subcommand():
     for argv in (["--help"], ["super-resolve", "--help"]):
         proc = subprocess.run([sys.executable, "-m", "mrisr.cli", *argv], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: mrisr" in proc.stdout
+
+
+def test_the_checkpoints_protocol_decides_whether_the_head_is_kept(checkpoint, tmp_path):
+    """A cascade trained with the acquisition protocol takes the whole head and scales it by its field of
+    view; one trained with the masked protocol (checkpoints from before the protocol existed are) removes
+    everything outside --mask."""
+    import torch
+
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["config"]["degrade"] = {**payload["config"]["degrade"], "protocol": "acquisition"}
+    acquisition = tmp_path / "acquisition.pt"
+    torch.save(payload, acquisition)
+    sub = make_demo_subject(5, voxel_size_mm=4.0)  # a whole head: the demo subjects have one
+    t1, mask = sub.t1[: sub.t1.shape[0] // 2 * 2, : sub.t1.shape[1] // 2 * 2, : sub.t1.shape[2] // 2 * 2], \
+        sub.mask[: sub.t1.shape[0] // 2 * 2, : sub.t1.shape[1] // 2 * 2, : sub.t1.shape[2] // 2 * 2]
+    lr, lr_mask = downsample(t1, 2), downsample(mask.astype(np.float32), 2) > 0.5
+    scan, mask_file = tmp_path / "head.nii.gz", tmp_path / "mask.nii.gz"
+    save_volume(scan, lr, _oblique_affine(8.0))
+    save_volume(mask_file, lr_mask.astype(np.uint8), _oblique_affine(8.0), dtype=np.uint8)
+    outside = ~(ndimage.zoom(lr_mask.astype(np.float32), 2, order=0) > 0.5)
+    for model, head_kept in ((acquisition, True), (checkpoint, False)):
+        out = tmp_path / f"{model.stem}_sr.nii.gz"
+        assert main(["super-resolve", str(scan), "-o", str(out), "--model", str(model), "--mask", str(mask_file),
+                     "--steps", "1", "--quiet"]) == 0
+        sr = nib.load(out).get_fdata()
+        head = np.abs(sr[outside]).mean() / np.abs(sr[~outside]).mean()
+        assert (head > 0.1) if head_kept else (head < 0.02), (model.stem, head)
