@@ -37,6 +37,11 @@ class Stage:
     param: Parameterization  # what the network's output means (the config's diffusion section)
     x0_mse: dict | None = None  # the x0 prediction's error by timestep (mrisr.diffusion.analytic)
 
+    @property
+    def regression(self) -> bool:
+        """Trained as the regression baseline (``train.objective: regression``): sampled in one pass."""
+        return self.config["train"].get("objective", "diffusion") == "regression"
+
 
 def load_stage(path: str | Path, device: torch.device) -> Stage:
     """Load a stage checkpoint (``weights_only=True``) and its EMA weights."""
@@ -116,22 +121,25 @@ class _StageSampler:
             x0_var = analytic.x0_var_on(full_schedule(diffusion), schedule, stage.x0_mse)
         return cls(stage, options, schedule, x0_var, next(stage.model.parameters()).device)
 
+    def network_pass(self, xt: torch.Tensor, cond: torch.Tensor, t_model: int) -> torch.Tensor:
+        """The network's output over the whole volume at training timestep ``t_model``, from overlapping patches."""
+        model, options, device = self.stage.model, self.options, self.device
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            t = torch.full((batch.shape[0],), t_model, dtype=torch.long, device=device)
+            with autocast(device):
+                return model(batch[:, :1], batch[:, 1:], t)
+
+        return sliding_window(predict, torch.cat([xt, cond], dim=1), options.patch_size, options.overlap,
+                              options.batch_size)
+
     def denoiser(self, cond: torch.Tensor, first: list[torch.Tensor]) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """x_t -> x0_hat over the whole volume, from overlapping patches; keeps the first step's x0_hat in ``first``."""
-        model, options, device = self.stage.model, self.options, self.device
 
         @torch.no_grad()
         def denoise(xt: torch.Tensor, i: int) -> torch.Tensor:
-            t_model = int(self.schedule.timestep_map[i])
-
-            def predict(batch: torch.Tensor) -> torch.Tensor:
-                t = torch.full((batch.shape[0],), t_model, dtype=torch.long, device=device)
-                with autocast(device):
-                    return model(batch[:, :1], batch[:, 1:], t)
-
-            raw = sliding_window(predict, torch.cat([xt, cond], dim=1), options.patch_size,
-                                 options.overlap, options.batch_size)
-            t = torch.full((1,), i, dtype=torch.long, device=device)
+            raw = self.network_pass(xt, cond, int(self.schedule.timestep_map[i]))
+            t = torch.full((1,), i, dtype=torch.long, device=self.device)
             x0 = self.stage.param.x0_estimate(self.schedule, xt, t, raw)
             if not first:
                 first.append(x0)
@@ -142,15 +150,7 @@ class _StageSampler:
     @torch.no_grad()
     def regress(self, cond: torch.Tensor) -> torch.Tensor:
         """The regression baseline's x0: one pass over the volume, x_t = 0 and t = 0 (``training.loop.regression_loss``)."""
-        model, device = self.stage.model, self.device
-
-        def predict(batch: torch.Tensor) -> torch.Tensor:
-            t = torch.zeros(batch.shape[0], dtype=torch.long, device=device)
-            with autocast(device):
-                return model(batch[:, :1], batch[:, 1:], t)
-
-        inputs = torch.cat([torch.zeros_like(cond), cond], dim=1)
-        return sliding_window(predict, inputs, self.options.patch_size, self.options.overlap, self.options.batch_size)
+        return self.network_pass(torch.zeros_like(cond), cond, 0)
 
     def draw(
         self, padded: np.ndarray, crop: tuple[slice, ...], axes: tuple[int, ...],
@@ -166,7 +166,7 @@ class _StageSampler:
             out = param.from_diffusion_space(x0, cond)
             return np.clip(np.flip(out[0, 0].float().cpu().numpy(), axes)[crop], 0.0, 1.0)
 
-        if self.stage.config["train"].get("objective", "diffusion") == "regression":
+        if self.stage.regression:
             image = to_image(self.regress(cond))
             return image, image
         if self.options.start_t is not None:  # from the condition itself: x0 = 0 residual, or the spline image
@@ -223,8 +223,7 @@ def super_resolve_stage(
     if options.data_consistency:
         mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency,
                                 stage.config["degrade"].get("method", "spline"))
-    regression = stage.config["train"].get("objective", "diffusion") == "regression"
-    sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 and not regression else None
+    sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 and not stage.regression else None
     return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd)
 
 

@@ -33,6 +33,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from mrisr.data import skullstrip
 from mrisr.diffusion.cascade import StagePair
 from mrisr.io import NpyArray, VolumeError, atomic_path, save_npy
 
@@ -67,12 +68,10 @@ def volume_digest(pair: StagePair) -> str:
 
 
 def brain_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The smallest box holding every brain voxel: (lowest index, highest index + 1) per axis."""
-    where = np.nonzero(np.any(mask, axis=(1, 2))), np.nonzero(np.any(mask, axis=(0, 2))), \
-        np.nonzero(np.any(mask, axis=(0, 1)))
-    if any(len(w[0]) == 0 for w in where):
-        raise ValueError("the brain mask is empty")
-    return tuple(int(w[0][0]) for w in where), tuple(int(w[0][-1]) + 1 for w in where)
+    """The smallest box holding every brain voxel: (lowest index, highest index + 1) per axis
+    (``skullstrip.brain_box`` without margin or rounding)."""
+    start, shape = skullstrip.brain_box(mask.astype(bool), np.eye(4), 0.0, 1)
+    return tuple(int(s) for s in start), tuple(int(s + n) for s, n in zip(start, shape))
 
 
 class MemoryVolume:
