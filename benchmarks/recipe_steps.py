@@ -1,8 +1,9 @@
-"""Diffusion against the regression baseline as training lengthens, scored on validation subjects only.
+"""Training recipes against each other as training lengthens, scored on validation subjects only.
 
-For each objective (``diffusion``, ``regression``) and each step count this
-trains stage 1 of a finished run's model config (its checkpoint's config,
-``train.steps`` and ``train.objective`` overridden) on the run's stage caches
+For each recipe (by default ``diffusion`` and ``regression``: the objective;
+``--recipes FILE.json`` names others, each a set of config overrides) and
+each step count this trains stage 1 of a finished run's model config (its
+checkpoint's config, ``train.steps`` and the recipe's keys overridden) on the run's stage caches
 (``results/cache/stage1/``), then super-resolves the run's **validation**
 subjects with the demo config's sampling (``--sampling``) and scores them against their HR: PSNR
 and SSIM in the brain mask and in its interior, HFEN, and the gains over the
@@ -12,6 +13,9 @@ limit keeps what it measured.
 
     .venv/bin/python benchmarks/recipe_steps.py --results results --steps 200 1000 \
         --out benchmarks/results/recipe_steps.tsv
+
+A recipes file maps names to overrides, section by section, e.g.
+``{"t_end_half": {"train": {"t_end_fraction": 0.5}}, "lr2e-3": {"train": {"lr": 0.002}}}``.
 """
 
 from __future__ import annotations
@@ -38,12 +42,18 @@ from mrisr.resume import StopSignals  # noqa: E402
 from mrisr.training import StageRun, TrainJob  # noqa: E402
 from mrisr.training.job import run_job  # noqa: E402
 
-COLUMNS = ("objective", "steps", "train_seconds", "subject", "method", *metrics.SCORES, "gain", "gain_interior")
+COLUMNS = ("recipe", "steps", "train_seconds", "subject", "method", *metrics.SCORES, "gain", "gain_interior")
 
 
-def train(results: Path, config: dict, objective: str, steps: int, out: Path) -> tuple[Path, float]:
+DEFAULT_RECIPES = {"diffusion": {"train": {"objective": "diffusion"}},
+                   "regression": {"train": {"objective": "regression"}}}
+
+
+def train(results: Path, config: dict, recipe: dict, steps: int, out: Path) -> tuple[Path, float]:
     cfg = copy.deepcopy(config)
-    cfg["train"].update(steps=steps, objective=objective, val_every=max(1, steps // 4))
+    for section, values in recipe.items():
+        cfg.setdefault(section, {}).update(values)
+    cfg["train"].update(steps=steps, val_every=max(1, steps // 4))
     cfg["device"] = "auto"
     caches = results / "cache" / "stage1"
     run = StageRun(cfg, 0, str(out / "checkpoint.pt"), str(out / "train_log.tsv"))
@@ -74,7 +84,9 @@ def main() -> None:
     parser.add_argument("--sampling", type=Path, default=ROOT / "config" / "config.yaml",
                         help="the config file whose sampling section scores the models (default: the demo's)")
     parser.add_argument("--steps", type=int, nargs="+", default=[200, 1000])
-    parser.add_argument("--objectives", nargs="+", default=["diffusion", "regression"])
+    parser.add_argument("--recipes", type=Path, help="a JSON file: recipe name -> config overrides (default: "
+                        "the diffusion and regression objectives)")
+    parser.add_argument("--only", nargs="+", help="run only these recipes of the file")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recipe_steps"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recipe_steps.tsv")
     args = parser.parse_args()
@@ -88,12 +100,14 @@ def main() -> None:
     val = sorted(s for s, split in read_splits(args.results / "splits.tsv").items() if split == "val")
     if not args.out.exists():
         args.out.write_text("\t".join(COLUMNS) + "\n")
+    recipes = json.loads(args.recipes.read_text()) if args.recipes else DEFAULT_RECIPES
+    names = args.only or list(recipes)
     for steps in args.steps:
-        for objective in args.objectives:
-            checkpoint, seconds = train(args.results, config, objective, steps, args.work / f"{objective}_{steps}")
+        for name in names:
+            checkpoint, seconds = train(args.results, config, recipes[name], steps, args.work / f"{name}_{steps}")
             for subject in val:
                 for row in score(args.results, checkpoint, config, sampling, subject):
-                    values = {"objective": objective, "steps": steps, "train_seconds": f"{seconds:.1f}",
+                    values = {"recipe": name, "steps": steps, "train_seconds": f"{seconds:.1f}",
                               "subject": subject, **{k: f"{v:.4f}" for k, v in row.items() if k != "method"},
                               "method": row["method"]}
                     line = "\t".join(str(values[c]) for c in COLUMNS)

@@ -341,3 +341,31 @@ def test_the_regression_baseline_learns_x0_from_the_condition_and_samples_in_one
         x0 = stage.model(torch.zeros_like(cond), cond, torch.zeros(1, dtype=torch.long))
     expected = np.clip(stage.param.from_diffusion_space(x0, cond)[0, 0].numpy(), 0, 1)
     np.testing.assert_allclose(out.mean, expected, atol=1e-5)
+
+
+def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_stream_alone(config):
+    """train.t_end_fraction: a share of each batch's timesteps at T-1, the rest uniform; 0 draws exactly the
+    uniform stream DDPM's eq. 14 draws (so the default model is unchanged)."""
+    from mrisr.distributed import World
+    from mrisr.training.loop import TrainLoop
+
+    from mrisr.data.degrade import downsample
+
+    hr, mask = _volumes(0)
+    pair = stage_pair(hr, downsample(hr, 2), mask, [2], 0)
+
+    def loop(share: float) -> TrainLoop:
+        cfg = {**config, "cascade": {"factors": [2]}, "device": "cpu",
+               "train": {**config["train"], "t_end_fraction": share}}
+        return TrainLoop([pair], [pair], StageRun(cfg, 0, "unused.pt", "unused.tsv"), World())
+
+    T = int(config["diffusion"]["num_timesteps"])
+    uniform = loop(0.0)
+    seed = int(config["train"]["seed"])
+    np.testing.assert_array_equal(uniform.draw_t(64), np.random.default_rng(seed).integers(0, T, size=64))
+    assert (loop(1.0).draw_t(64) == T - 1).all()
+    half = loop(0.5).draw_t(1000)
+    at_end = (half == T - 1).mean()
+    assert 0.45 < at_end < 0.55, at_end
+    rest = half[half != T - 1]
+    assert rest.min() < T // 10 and rest.max() > T - T // 10  # the others still span 0..T-1

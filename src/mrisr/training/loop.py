@@ -271,7 +271,7 @@ class TrainLoop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         cond, volume = (x.to(dev, non_blocking=True) for x in self.next_patches())
-        t = torch.from_numpy(self.rng.integers(0, self.schedule.num_timesteps, size=batch)[rows]).long().to(dev)
+        t = torch.from_numpy(self.draw_t(batch)[rows]).long().to(dev)
         noise = torch.randn((batch, *cond.shape[1:]), generator=self.noise_gen)[rows].to(dev)
         self.model.train()
         with autocast(dev):
@@ -284,6 +284,17 @@ class TrainLoop:
         ema_update(self.ema, self.model, min(decay, (1.0 + self.step) / (10.0 + self.step)))
         self.step += 1
         return lr, float(loss.detach()) * self.share
+
+    def draw_t(self, batch: int) -> np.ndarray:
+        """A global batch's timesteps: uniform over 0..T-1 (eq. 14), a ``t_end_fraction`` share of rows moved to
+        t = T-1 (the end the posterior-mean estimate reads). The extra draw happens only when the share is set, so
+        the default stream is the uniform one."""
+        T = self.schedule.num_timesteps
+        t = self.rng.integers(0, T, size=batch)
+        share = float(self.tcfg.get("t_end_fraction", 0.0))
+        if share > 0:
+            t[self.rng.random(batch) < share] = T - 1
+        return t
 
     def loss(self, net: torch.nn.Module, cond: torch.Tensor, volume: torch.Tensor, t: torch.Tensor,
              noise: torch.Tensor) -> torch.Tensor:
