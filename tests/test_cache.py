@@ -12,7 +12,7 @@ from mrisr.diffusion.cascade import StagePair
 from mrisr.io import NpyArray, VolumeError, save_npy
 from mrisr.training import CachedVolume, MemoryVolume, PatchSampler, write_stage_cache
 from mrisr.training.cache import brain_box
-from mrisr.training.patches import batch_loader
+from mrisr.training.patches import CondAugment, batch_loader
 
 
 def _pair(seed: int = 0, shape=(20, 24, 18)) -> StagePair:
@@ -91,6 +91,34 @@ def test_patches_are_a_function_of_seed_step_and_row_centred_on_brain_voxels():
     assert {p.k for p in picks} == {0, 1}
     lo, hi = brain_box(pairs[0].mask)
     assert {p.centre[0] for p in picks if p.k == 0} == set(range(lo[0], hi[0]))  # every slab with brain is reached
+
+
+def test_conditioning_augmentation_blurs_and_noises_the_condition_only_by_its_picked_amounts():
+    """train.cond_augment: each patch's condition blurred by its pick's sd (as blurring the whole volume would)
+    plus noise of its pick's sd; the target untouched; levels uniform in [0, max]; no augmentation draws nothing."""
+    from scipy.ndimage import gaussian_filter
+
+    pair = _pair(0, shape=(40, 40, 40))
+    pair = StagePair(cond=gaussian_filter(pair.cond, 1.0), target=pair.target, mask=np.ones_like(pair.mask))
+    volumes = [MemoryVolume(pair)]
+    plain = PatchSampler(volumes, 8, seed=3)
+    assert PatchSampler(volumes, 8, seed=3, augment=CondAugment()).augment is None
+    blur = PatchSampler(volumes, 8, seed=3, augment=CondAugment(blur=2.0))
+    noise = PatchSampler(volumes, 8, seed=3, augment=CondAugment(noise=0.1))
+    picks = [blur.pick(s, r) for s in range(100) for r in range(4)]
+    assert [p.centre for p in picks] == [plain.pick(s, r).centre for s in range(100) for r in range(4)]
+    levels = np.array([p.blur for p in picks])
+    assert 0 <= levels.min() < 0.2 and 1.8 < levels.max() <= 2.0 and abs(levels.mean() - 1.0) < 0.15
+    inside = next(p for p in picks if all(8 <= c <= 31 for c in p.centre) and p.blur > 1.0)
+    cond, target = blur.patch(inside)
+    box = tuple(slice(c - 4, c + 4) for c in inside.centre)
+    np.testing.assert_allclose(cond, gaussian_filter(pair.cond, inside.blur, mode="constant")[box], atol=1e-4)
+    np.testing.assert_array_equal(target, pair.target[box])
+    pick = next(p for p in (noise.pick(s, 0) for s in range(100)) if all(4 <= c <= 35 for c in p.centre))
+    cond, target = noise.patch(pick)
+    residual = cond - pair.cond[tuple(slice(c - 4, c + 4) for c in pick.centre)]
+    assert abs(residual.std() - pick.noise) < 0.15 * pick.noise
+    np.testing.assert_array_equal(noise.patch(pick)[0], cond)  # a pick's noise is a function of the pick
 
 
 def test_loader_workers_deliver_the_same_batches_in_order(tmp_path):

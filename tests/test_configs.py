@@ -82,3 +82,19 @@ def test_working_combinations_pass():
     check_combinations({"schedule": "cosine", "prediction": "eps"}, {"estimate": "sample_mean"})
     config = merged("config.yaml")
     check_combinations(config["diffusion"], config["sampling"])
+
+
+def test_cascade_x4_config_is_a_two_stage_x4_cascade_with_augmentation_compared_to_none():
+    """config/cascade_x4.yaml over the demo's: x4 in two x2 stages, stage 2 conditioning-augmented, and the
+    comparison model the same cascade without augmentation (and nothing else changed)."""
+    from mrisr.compare import compare_configs, model_config
+
+    config = merged("config.yaml", "cascade_x4.yaml")
+    assert config["cascade"]["factors"] == [2, 2]
+    assert config["train"]["cond_augment"]["blur"] > 0 and config["train"]["cond_augment"]["noise"] > 0
+    assert config["train"]["steps"] == merged("config.yaml")["train"]["steps"]  # the demo's recipe otherwise
+    main = model_config(config)
+    other = compare_configs(main, config["compare"])["no_augment"]
+    assert other["train"]["cond_augment"] == {"blur": 0.0, "noise": 0.0}
+    assert {k: v for k, v in other["train"].items() if k != "cond_augment"} == \
+        {k: v for k, v in main["train"].items() if k != "cond_augment"}

@@ -369,3 +369,19 @@ def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_s
     assert 0.45 < at_end < 0.55, at_end
     rest = half[half != T - 1]
     assert rest.min() < T // 10 and rest.max() > T - T // 10  # the others still span 0..T-1
+
+
+def test_conditioning_augmentation_applies_to_stages_after_the_first_only(config):
+    """Stage 0 conditions on the real LR volume: train.cond_augment leaves its patches alone."""
+    from mrisr.data.degrade import downsample
+    from mrisr.distributed import World
+    from mrisr.training.loop import TrainLoop
+    from mrisr.training.patches import CondAugment
+
+    hr, mask = _volumes(0)
+    cfg = {**config, "cascade": {"factors": [2, 2]}, "device": "cpu",
+           "train": {**config["train"], "cond_augment": {"blur": 1.5, "noise": 0.02}}}
+    pairs = [stage_pair(hr, downsample(hr, 4), mask, [2, 2], k) for k in (0, 1)]
+    loops = [TrainLoop([pairs[k]], [pairs[k]], StageRun(cfg, k, "unused.pt", "unused.tsv"), World()) for k in (0, 1)]
+    assert loops[0].sampler.augment is None
+    assert loops[1].sampler.augment == CondAugment(blur=1.5, noise=0.02)

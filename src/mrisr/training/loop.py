@@ -49,7 +49,7 @@ from mrisr.resume import (
     set_rng_state,
 )
 from mrisr.training.cache import MemoryVolume, PatchSource
-from mrisr.training.patches import PatchSampler, batch_loader
+from mrisr.training.patches import CondAugment, PatchSampler, batch_loader
 
 LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds", "parameters", "peak_rss_mb", "data_wait_s")
 
@@ -204,7 +204,8 @@ class TrainLoop:
         self.rows = world.rows(self.batch)
         self.share = (self.rows.stop - self.rows.start) / self.batch  # this worker's part of the batch mean
         train, val = sources(train), sources(val)
-        self.sampler = PatchSampler(train, self.patch, seed, flip=bool(tcfg.get("flip", False)))
+        augment = CondAugment.from_mapping(tcfg.get("cond_augment")) if run.stage > 0 else None
+        self.sampler = PatchSampler(train, self.patch, seed, flip=bool(tcfg.get("flip", False)), augment=augment)
         self.val = _ValidationBatch.draw(val, self.patch, int(tcfg["val_patches"]), seed + 1,
                                          self.schedule.num_timesteps)
         self.noise_gen = torch.Generator().manual_seed(seed + 2)

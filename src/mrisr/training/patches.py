@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 
 from mrisr.resume import STOP_SIGNALS
 from mrisr.training.cache import PatchSource
@@ -23,12 +24,42 @@ MAX_TRIES = 10_000  # draws in a volume's brain box before giving up on finding 
 
 
 @dataclass(frozen=True)
+class CondAugment:
+    """``train.cond_augment``: the largest blur sd (voxels) and noise sd (intensity) put on a training condition.
+
+    Conditioning augmentation of cascaded diffusion models (Ho et al. 2022, sec. 3): a stage after the first
+    is trained on conditions made from the HR volume but at inference gets the previous stage's output, which
+    is smoother; training on conditions degraded by a random amount in [0, level] covers that gap.
+    """
+
+    blur: float = 0.0
+    noise: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, values: dict | None) -> "CondAugment":
+        values = values or {}
+        return cls(blur=float(values.get("blur", 0.0)), noise=float(values.get("noise", 0.0)))
+
+    @property
+    def active(self) -> bool:
+        return self.blur > 0 or self.noise > 0
+
+    def margin(self) -> int:
+        """Voxels read beyond a patch's edge so that blurring it equals blurring the volume (4 sd)."""
+        return int(np.ceil(4 * self.blur))
+
+
+@dataclass(frozen=True)
 class Pick:
-    """Where one patch comes from: volume ``k``, the voxel at its centre, and the axes it is mirrored along."""
+    """Where one patch comes from: volume ``k``, the voxel at its centre, the axes it is mirrored along,
+    and its condition's augmentation (blur and noise sd, the noise's seed)."""
 
     k: int
     centre: tuple[int, int, int]
     axes: tuple[int, ...]
+    blur: float = 0.0
+    noise: float = 0.0
+    noise_seed: int = 0
 
 
 class PatchSampler:
@@ -44,10 +75,12 @@ class PatchSampler:
     also lets inference average over mirrored inputs (``sampling.flip_ensemble``).
     """
 
-    def __init__(self, volumes: Sequence[PatchSource], patch_size: int, seed: int, flip: bool = False) -> None:
+    def __init__(self, volumes: Sequence[PatchSource], patch_size: int, seed: int, flip: bool = False,
+                 augment: CondAugment | None = None) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.volumes, self.patch_size, self.seed, self.flip = list(volumes), patch_size, int(seed), flip
+        self.augment = augment if augment is not None and augment.active else None
 
     def pick(self, step: int, row: int) -> Pick:
         """The patch of ``row`` in the batch of ``step``."""
@@ -62,14 +95,26 @@ class PatchSampler:
         else:
             raise ValueError(f"training volume {k}: no brain voxel found in {MAX_TRIES} draws in its brain box")
         axes = tuple(int(a) for a in np.flatnonzero(rng.integers(0, 2, size=3))) if self.flip else ()
-        return Pick(k, centre, axes)
+        if self.augment is None:  # no further draws: the stream without augmentation is unchanged
+            return Pick(k, centre, axes)
+        blur, noise = rng.uniform(0.0, 1.0, size=2) * (self.augment.blur, self.augment.noise)
+        return Pick(k, centre, axes, float(blur), float(noise), int(rng.integers(2**31)))
 
     def patch(self, pick: Pick) -> tuple[np.ndarray, np.ndarray]:
-        """The (condition, target) patch of a pick, each (P, P, P) float32."""
+        """The (condition, target) patch of a pick, each (P, P, P) float32; the condition augmented as picked."""
         p, half = self.patch_size, self.patch_size // 2
-        box = tuple(slice(c - half, c - half + p) for c in pick.centre)
         volume = self.volumes[pick.k]
-        return tuple(np.flip(volume.read(name, box), pick.axes).astype(np.float32) for name in ("cond", "target"))
+        m = self.augment.margin() if self.augment is not None else 0
+        box = tuple(slice(c - half - m, c - half + p + m) for c in pick.centre)
+        cond = volume.read("cond", box).astype(np.float32)
+        if pick.blur > 0:
+            cond = gaussian_filter(cond, pick.blur, mode="nearest")
+        inner = tuple(slice(m, m + p) for _ in range(3))
+        cond = cond[inner]
+        if pick.noise > 0:
+            cond = cond + np.random.default_rng(pick.noise_seed).normal(0.0, pick.noise, cond.shape).astype(np.float32)
+        target = volume.read("target", tuple(slice(c - half, c - half + p) for c in pick.centre)).astype(np.float32)
+        return np.flip(cond, pick.axes), np.flip(target, pick.axes)
 
     def batch(self, step: int, rows: range) -> tuple[np.ndarray, np.ndarray]:
         """The ``rows`` of step ``step``'s batch: (cond, target), each (len(rows), 1, P, P, P) float32."""
