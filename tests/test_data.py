@@ -28,6 +28,19 @@ def test_demo_subjects_are_real_distinct_and_reproducible(demo_pair):
     np.testing.assert_allclose(a.affine[:3, :3], np.diag([4.0, 4.0, 4.0]))
 
 
+def test_a_demo_subject_without_noise_is_the_same_subject_before_its_rician_noise(demo_pair):
+    """noise=False: every draw but the noise identical; the difference is Rician noise of 1-2 % of the maximum
+    (in the bright brain, nearly Gaussian with that sd)."""
+    noisy = demo_pair[0]
+    clean = make_demo_subject(0, seed=0, voxel_size_mm=4.0, noise=False)
+    np.testing.assert_array_equal(clean.mask, noisy.mask)
+    np.testing.assert_array_equal(clean.affine, noisy.affine)
+    bright = (noisy.mask > 0) & (clean.t1 > 0.5 * clean.t1.max())
+    sd = float((noisy.t1 - clean.t1)[bright].std())
+    assert 0.008 * clean.t1.max() < sd < 0.022 * clean.t1.max(), sd
+    assert abs(float((noisy.t1 - clean.t1)[bright].mean())) < 0.3 * sd
+
+
 def test_demo_ids():
     assert demo_subject_ids(3) == ["demo01", "demo02", "demo03"]
     assert demo_subject_index("demo10") == 9

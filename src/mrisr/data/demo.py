@@ -87,11 +87,13 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], control: int)
     return field / max(float(np.abs(field).max()), 1e-12)
 
 
-def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0) -> DemoSubject:
+def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noise: bool = True) -> DemoSubject:
     """Synthesise demo subject ``index`` (see the module docstring for the recipe).
 
     Returns a volume on an isotropic grid of ``voxel_size_mm`` covering the
-    template's field of view.
+    template's field of view. ``noise=False`` returns the same subject before
+    its Rician noise (every other draw identical): the noise-free volume that
+    tells how much of an SR error is the HR's own noise, which no model can predict.
     """
     if index < 0:
         raise ValueError(f"subject index must be >= 0, got {index}")
@@ -142,6 +144,8 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0) -> 
     t1 = t1 * np.exp(0.15 * smooth_field(rng, shape, control=3))
     t1 = 1000.0 * rng.uniform(0.8, 1.2) * t1
     noise_sd = rng.uniform(0.01, 0.02) * float(t1.max())
+    if not noise:
+        return DemoSubject(t1=t1.astype(np.float32), mask=mask.astype(np.uint8), affine=affine)
     real = t1 + noise_sd * rng.standard_normal(shape)
     imag = noise_sd * rng.standard_normal(shape)
     t1 = np.sqrt(real**2 + imag**2).astype(np.float32)

@@ -262,6 +262,9 @@ def uncertainty_section(
     what = ("the posterior-mean estimate (x0 prediction from pure noise)" if estimate == "posterior_mean"
             else f"the mean of the {n} samples")
     ratio = pooled["rmse"][-1] / pooled["rmse"][0] if pooled["rmse"][0] > 0 else float("nan")
+    # bins hold equal counts, so the mean of the bins' squared errors is the overall mean squared error
+    rms_sd = math.sqrt(sum(v * v for v in pooled["sd"]) / len(pooled["sd"]))
+    spread = math.sqrt(sum(e * e for e in pooled["rmse"]) / len(pooled["rmse"])) / rms_sd if rms_sd > 0 else None
     rows = [[f"{k + 1}", num(sd, 4), num(err, 4), num(err / sd if sd > 0 else None, 2)]
             for k, (sd, err) in enumerate(zip(pooled["sd"], pooled["rmse"]))]
     return "".join([
@@ -271,7 +274,11 @@ def uncertainty_section(
         f"Voxels are sorted by predicted sd into bins of equal count. The error in the most uncertain bin is "
         f"{fmt(ratio, 1)}× that in the least uncertain one. On the diagonal, errors are as large as the sd "
         "predicts: points above it are over-confident; the mean of N samples has an expected squared error of "
-        "(1 + 1/N) times the posterior variance, so a calibrated model sits slightly above it.</p>",
+        "(1 + 1/N) times the posterior variance, so a calibrated model sits slightly above it. "
+        f"Over all bins the RMS error is about {fmt(spread, 1)}× the RMS predicted sd. Part of any error against "
+        "the HR is the HR's own noise, which no model can predict and no sd map of the anatomy explains; on the "
+        "demo, whose noise-free volumes are known, <code>benchmarks/hr_noise.py</code> measures that part "
+        "(docs/benchmarks.md).</p>",
         figure(data_uri(png, "image/png"), "binned error against predicted sd",
                "RMS error of SR against the mean predicted sd per bin; thin lines are single subjects."),
         table(["bin", "mean predicted sd", "RMS error", "error / sd"], rows, "uncertainty-bins"),
