@@ -41,6 +41,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mrisr import metrics, pipeline  # noqa: E402
 from mrisr.config import SamplingOptions  # noqa: E402
@@ -51,6 +52,7 @@ from mrisr.io import load_volume  # noqa: E402
 from mrisr.resume import StopSignals  # noqa: E402
 from mrisr.training import StageRun, TrainJob  # noqa: E402
 from mrisr.training.job import run_job  # noqa: E402
+from recipe_steps import append_row  # noqa: E402
 
 COLUMNS = ("model", "split", "subject", "psnr", "psnr_interior", "ssim_interior", "hfen", "gain", "gain_interior",
            "parameters", "train_steps", "seconds")
@@ -153,17 +155,11 @@ def main() -> None:
               args.work / args.train_only)
         return
     trained = models(args, config, args.results, fit)
-    if not args.out.exists():
-        args.out.write_text("\t".join(COLUMNS) + "\n")
     for split in ("val", "test"):
         for subject in sorted(s for s, v in splits.items() if v == split):
             for r in score(args.results, subject, trained, sampling, int(config["degrade"]["order"])):
-                values = {"split": split, "subject": subject,
-                          **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}}
-                line = "\t".join(str(values[c]) for c in COLUMNS)
-                print(line, flush=True)
-                with open(args.out, "a") as fh:
-                    fh.write(line + "\n")
+                append_row(args.out, COLUMNS, {"split": split, "subject": subject,
+                                               **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}})
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from mrisr.data.splits import read_splits  # noqa: E402
 from mrisr.device import pick_device  # noqa: E402
 from mrisr.inference import load_stage, super_resolve_stage  # noqa: E402
 from mrisr.io import load_volume  # noqa: E402
-from recipe_steps import DEFAULT_RECIPES, train  # noqa: E402
+from recipe_steps import DEFAULT_RECIPES, append_row, model_config, train  # noqa: E402
 
 COLUMNS = ("recipe", "steps", "train_seconds", "subject", "method", "evaluations", "psnr", "psnr_interior",
            "ssim_interior", "gain_interior", "spread", "seconds")
@@ -128,27 +128,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/learning_curve"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning_curve.tsv")
     args = parser.parse_args()
-    if args.config:
-        config = json.loads(args.config.read_text())
-    else:
-        config = torch.load(args.results / "models" / "stage1" / "checkpoint.pt", weights_only=True)["config"]
+    config = model_config(args.results, args.config)
     recipes = json.loads(args.recipes.read_text()) if args.recipes else DEFAULT_RECIPES
     default = SamplingOptions.from_mapping(yaml.safe_load(args.sampling.read_text()).get("sampling", {}))
     val = sorted(s for s, split in read_splits(args.results / "splits.tsv").items() if split == "val")
-    if not args.out.exists():
-        args.out.write_text("\t".join(COLUMNS) + "\n")
     for steps in args.steps:
         checkpoint, train_seconds = train(args.results, config, recipes[args.recipe], steps,
                                           args.work / f"{args.recipe}_{steps}")
         stage = load_stage(checkpoint, pick_device(config.get("device", "auto")))
         for subject in val:
             for r in score_subject(stage, args.results, subject, default, args):
-                values = {"recipe": args.recipe, "steps": steps, "train_seconds": f"{train_seconds:.1f}",
-                          "subject": subject, **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}}
-                line = "\t".join(str(values[c]) for c in COLUMNS)
-                print(line, flush=True)
-                with open(args.out, "a") as fh:
-                    fh.write(line + "\n")
+                append_row(args.out, COLUMNS, {
+                    "recipe": args.recipe, "steps": steps, "train_seconds": f"{train_seconds:.1f}", "subject": subject,
+                    **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}})
 
 
 if __name__ == "__main__":

@@ -49,6 +49,25 @@ DEFAULT_RECIPES = {"diffusion": {"train": {"objective": "diffusion"}},
                    "regression": {"train": {"objective": "regression"}}}
 
 
+def append_row(out: Path, columns: tuple[str, ...], values: dict) -> None:
+    """Print one result row and append it to ``out`` (with a header when new), so a stopped run keeps it."""
+    if not out.exists():
+        out.write_text("\t".join(columns) + "\n")
+    line = "\t".join(str(values[c]) for c in columns)
+    print(line, flush=True)
+    with open(out, "a") as fh:
+        fh.write(line + "\n")
+
+
+def model_config(results: Path, config: Path | None) -> dict:
+    """A JSON model config, or the run's stage-1 checkpoint's."""
+    if config:
+        return json.loads(config.read_text())
+    import torch
+
+    return torch.load(results / "models" / "stage1" / "checkpoint.pt", weights_only=True)["config"]
+
+
 def train(results: Path, config: dict, recipe: dict, steps: int, out: Path) -> tuple[Path, float]:
     cfg = copy.deepcopy(config)
     for section, values in recipe.items():
@@ -90,16 +109,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/recipe_steps"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recipe_steps.tsv")
     args = parser.parse_args()
-    if args.config:
-        config = json.loads(args.config.read_text())
-    else:
-        import torch
-
-        config = torch.load(args.results / "models" / "stage1" / "checkpoint.pt", weights_only=True)["config"]
+    config = model_config(args.results, args.config)
     sampling = SamplingOptions.from_mapping(yaml.safe_load(args.sampling.read_text()).get("sampling", {}))
     val = sorted(s for s, split in read_splits(args.results / "splits.tsv").items() if split == "val")
-    if not args.out.exists():
-        args.out.write_text("\t".join(COLUMNS) + "\n")
     recipes = json.loads(args.recipes.read_text()) if args.recipes else DEFAULT_RECIPES
     names = args.only or list(recipes)
     for steps in args.steps:
@@ -107,13 +119,9 @@ def main() -> None:
             checkpoint, seconds = train(args.results, config, recipes[name], steps, args.work / f"{name}_{steps}")
             for subject in val:
                 for row in score(args.results, checkpoint, config, sampling, subject):
-                    values = {"recipe": name, "steps": steps, "train_seconds": f"{seconds:.1f}",
-                              "subject": subject, **{k: f"{v:.4f}" for k, v in row.items() if k != "method"},
-                              "method": row["method"]}
-                    line = "\t".join(str(values[c]) for c in COLUMNS)
-                    print(line, flush=True)
-                    with open(args.out, "a") as fh:
-                        fh.write(line + "\n")
+                    append_row(args.out, COLUMNS, {
+                        "recipe": name, "steps": steps, "train_seconds": f"{seconds:.1f}", "subject": subject,
+                        **{k: f"{v:.4f}" for k, v in row.items() if k != "method"}, "method": row["method"]})
 
 
 if __name__ == "__main__":
