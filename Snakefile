@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/scheduling.smk"
 include: "workflow/rules/common.smk"
+include: "workflow/rules/apply_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/degrade.smk"
 include: "workflow/rules/split.smk"
@@ -23,10 +24,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/apply.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.report.output.html,
-        rules.collect_metrics.output.tsv,
+        # Training mode: the report and metrics; apply mode (apply.checkpoints): the
+        # BIDS derivatives and the QC page (common.smk).
+        final_targets(),

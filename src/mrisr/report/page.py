@@ -332,6 +332,7 @@ COST_TITLES = {
     "train_stage": "Training, per cascade stage",
     "super_resolve": "Super-resolution, per test subject",
     "evaluate": "Evaluation, per test subject",
+    "apply_scan": "Super-resolution, per scan (apply mode)",
 }
 
 
