@@ -178,17 +178,28 @@ COARSE = "sub-02/ses-3/anat/sub-02_ses-3"
 
 @pytest.mark.slow
 def test_apply_mode_writes_bids_derivatives_and_a_qc_page(trained, bids_dataset, tmp_path):
-    train_dir, _ = trained
-    checkpoint = train_dir / "results" / "models" / "stage1" / "checkpoint.pt"
-    workdir = tmp_path / "apply"
-    workdir.mkdir()
+    # As the README runs it: in the training run's folder, with the checkpoint's relative path.
+    workdir, _ = trained
+    checkpoint = workdir / "results" / "models" / "stage1" / "checkpoint.pt"
+    trained_bytes = checkpoint.read_bytes()
     config = tiny_config(tmp_path / "apply.yaml", source="local", local={"bids_root": str(bids_dataset)},
-                         apply={"checkpoints": [str(checkpoint)]})
+                         apply={"checkpoints": ["results/models/stage1/checkpoint.pt"]})
 
-    # Two scans fail their own jobs; --keep-going finishes every other scan.
+    # A checkpoint that is not there stops the run before any job.
+    missing = tiny_config(tmp_path / "missing.yaml", source="local", local={"bids_root": str(bids_dataset)},
+                          apply={"checkpoints": [str(tmp_path / "stage1.pt")]})
+    refused = run_snakemake(tmp_path, "-n", config=missing, check=False)
+    assert refused.returncode != 0 and f"{tmp_path / 'stage1.pt'}: no such checkpoint" in refused.stdout + refused.stderr
+    assert not (tmp_path / "results").exists()
+
+    # Two scans fail their own jobs; --keep-going finishes every other scan. No training job is planned:
+    # apply mode has no training rules, so the model it reads is never re-made (or deleted on failure).
     first = run_snakemake(workdir, "--keep-going", config=config, check=False)
     out = first.stdout + first.stderr
     assert first.returncode != 0
+    assert set(job_counts(out)) == {"fetch", "apply_mask", "apply_scan", "plot_scan", "apply_report",
+                                    "describe_derivatives", "all"}
+    assert checkpoint.read_bytes() == trained_bytes
     series = bids_dataset / "sub-03" / "anat" / "sub-03_T1w.nii.gz"
     fetch_log = (workdir / "results" / "logs" / "fetch" / "sub-03.log").read_text()
     errors = [line for line in fetch_log.splitlines() if "mrisr: error:" in line]
@@ -200,7 +211,7 @@ def test_apply_mode_writes_bids_derivatives_and_a_qc_page(trained, bids_dataset,
            "voxels: voxels of up to 8 mm are too coarse to tell the brain from the scalp" in coarse_log
     # The acquisition protocol needs no mask: the coarse scan is super-resolved whole-head all the same.
     assert derivative(workdir, COARSE, "sr").is_file() and not derivative(workdir, COARSE, "brain", "mask").exists()
-    check_derivatives(workdir, bids_dataset, checkpoint)
+    check_derivatives(workdir, bids_dataset, "results/models/stage1/checkpoint.pt")
     assert "sub-03" in out and not derivative(workdir, "sub-03/anat/sub-03", "sr").exists()
 
     # Without the two failing scans the run completes: only the QC page and the description were missing.
@@ -216,6 +227,7 @@ def test_apply_mode_writes_bids_derivatives_and_a_qc_page(trained, bids_dataset,
     assert "Nothing to be done" in again.stdout + again.stderr
     lint = run_snakemake(workdir, "--lint", config=config)  # the apply rules exist only in apply mode
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+    assert checkpoint.read_bytes() == trained_bytes
 
 
 def cli_error(scan: Path, checkpoint: Path, tmp_path: Path) -> str:
@@ -232,11 +244,11 @@ def cli_error(scan: Path, checkpoint: Path, tmp_path: Path) -> str:
     return lines[0].removeprefix("mrisr: error: ")
 
 
-def check_derivatives(workdir: Path, root: Path, checkpoint: Path) -> None:
+def check_derivatives(workdir: Path, root: Path, checkpoint: str) -> None:
     """Every derivative of the good scans: names, sidecars, grids over the inputs, units."""
     import hashlib
 
-    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    sha = hashlib.sha256((workdir / checkpoint).read_bytes()).hexdigest()
     for stem in GOOD:
         name = ScanName.from_stem(stem)
         source = root / name.folder / f"{name.prefix}_T1w.nii.gz"
@@ -259,7 +271,7 @@ def check_derivatives(workdir: Path, root: Path, checkpoint: Path) -> None:
             corner = lambda img: img.affine @ np.array([-0.5, -0.5, -0.5, 1.0])  # noqa: E731
             np.testing.assert_allclose(corner(image), corner(scan), atol=1e-6)
             np.testing.assert_allclose(voxel_sizes(image.affine), voxel_sizes(scan.affine) / 2)
-            assert sidecar["Checkpoints"] == [{"Path": str(checkpoint), "SHA256": sha, "Stage": 1, "Factor": 2}]
+            assert sidecar["Checkpoints"] == [{"Path": checkpoint, "SHA256": sha, "Stage": 1, "Factor": 2}]
             assert sidecar["ScaleFactor"] == 2 and sidecar["Sampling"]["n_samples"] == 2
             assert sidecar["Sampling"]["steps"] == 1 and sidecar["Sampling"]["overlap"] == 0.0
             assert sidecar["VoxelSize"] == pytest.approx([2.0, 2.0, 2.0])
@@ -322,3 +334,19 @@ def test_a_training_runs_test_subjects_become_derivatives_with_one_flag(trained)
         sidecar = json.loads(derivative(workdir, stem, "sr", "T1w", ".json").read_text())
         assert sidecar["Sources"] == [f"mrisr:demo/{subject}?seed=0&voxel_size_mm=4.0"]
         assert "normalised intensity scale" in sidecar["Description"] and sidecar["ScaleFactor"] == 2
+
+
+@pytest.mark.slow
+def test_apply_mode_plans_hcp_subjects_with_their_masks(trained, tmp_path):
+    """source: hcp in apply mode: each subject a scan named sub-<ID>, its mask the one HCP ships, no training."""
+    train_dir, _ = trained
+    checkpoint = train_dir / "results" / "models" / "stage1" / "checkpoint.pt"
+    config = tiny_config(tmp_path / "hcp.yaml", source="hcp", hcp={"subjects": ["100307", "100408"]},
+                         apply={"checkpoints": [str(checkpoint)]})
+    plan = run_snakemake(tmp_path, "-n", config=config)
+    out = plan.stdout + plan.stderr
+    assert job_counts(out) == {"fetch": 2, "apply_mask": 2, "apply_scan": 2, "plot_scan": 2, "apply_report": 1,
+                               "describe_derivatives": 1, "all": 1}
+    assert "results/derivatives/mrisr/sub-100307/anat/sub-100307_desc-sr_T1w.nii.gz" in out
+    mask_job = out[out.index("rule apply_mask:"):].split("\n\n")[0]
+    assert "input: results/raw/" in mask_job and "/brainmask.nii.gz" in mask_job, mask_job
