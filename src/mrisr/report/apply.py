@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import yaml
 
 import mrisr.report.page as page
 import mrisr.report.provenance as provenance
@@ -170,9 +169,8 @@ def model_section(inputs: ApplyReportInputs, sidecars: Mapping[str, Mapping]) ->
     run_report = Path(inputs.checkpoints[0]).parent.parent.parent / "report" / "index.html"
     figures.append(f"<li>the training run's report: <code>{page.esc(run_report)}</code>"
                    f"{'' if run_report.is_file() else ' (not found beside the checkpoints)'}</li>")
-    trained = yaml.safe_dump(json.loads(json.dumps(provenance.redact(dict(inputs.model_config)), default=str)),
-                             sort_keys=False, default_flow_style=None, width=100)
-    sampling = yaml.safe_dump(first.get("Sampling", {}), sort_keys=False, default_flow_style=None, width=100)
+    trained = page.to_yaml(provenance.redact(dict(inputs.model_config)))
+    sampling = page.to_yaml(first.get("Sampling", {}))
     return "".join([
         '<h2 id="model">Model</h2>',
         page.table(["checkpoint", "SHA-256", "stage", "factor"], rows, "checkpoints", text_cols=1),
@@ -196,8 +194,7 @@ def provenance_html(inputs: ApplyReportInputs) -> str:
         ("packages", ", ".join(f"{page.esc(k)} {page.esc(v)}" for k, v in versions.items())),
         ("environment", page.environment_html(provenance.lock_check(inputs.repo_dir))),
     ]
-    config_yaml = yaml.safe_dump(json.loads(json.dumps(provenance.redact(dict(inputs.config)), default=str)),
-                                 sort_keys=False, default_flow_style=None, width=100)
+    config_yaml = page.to_yaml(provenance.redact(dict(inputs.config)))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in kv)
     return "".join([
         '<h2 id="provenance">Provenance</h2>',
