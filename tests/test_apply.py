@@ -350,3 +350,19 @@ def test_apply_mode_plans_hcp_subjects_with_their_masks(trained, tmp_path):
     assert "results/derivatives/mrisr/sub-100307/anat/sub-100307_desc-sr_T1w.nii.gz" in out
     mask_job = out[out.index("rule apply_mask:"):].split("\n\n")[0]
     assert "input: results/raw/" in mask_job and "/brainmask.nii.gz" in mask_job, mask_job
+
+
+@pytest.mark.slow
+def test_apply_mode_plans_a_pattern_source_under_bids_names(trained, tmp_path):
+    """source: local with a t1 pattern: the IDs become BIDS labels (scan_01 -> sub-scan01), masks estimated."""
+    train_dir, _ = trained
+    for subject in ("scan_01", "scan-02"):
+        save_volume(tmp_path / "scans" / subject / "T1.nii.gz", *demo_scan(0))
+    config = tiny_config(tmp_path / "pattern.yaml", source="local",
+                         local={"t1": str(tmp_path / "scans" / "{subject}" / "T1.nii.gz")},
+                         apply={"checkpoints": [str(train_dir / "results" / "models" / "stage1" / "checkpoint.pt")]})
+    plan = run_snakemake(tmp_path, "-n", config=config)
+    out = plan.stdout + plan.stderr
+    assert job_counts(out)["apply_scan"] == 2 and job_counts(out)["apply_mask"] == 2
+    for label in ("scan01", "scan02"):
+        assert f"results/derivatives/mrisr/sub-{label}/anat/sub-{label}_desc-sr_T1w.nii.gz" in out
