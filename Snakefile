@@ -16,17 +16,28 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/scheduling.smk"
 include: "workflow/rules/common.smk"
+include: "workflow/rules/apply_common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/degrade.smk"
-include: "workflow/rules/split.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/infer.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+
+
+# Apply mode (apply.checkpoints) has no split, training or evaluation rules at all,
+# so the checkpoints it reads can never be planned, re-made or deleted by a training job.
+if not APPLY.enabled:
+
+    include: "workflow/rules/degrade.smk"
+    include: "workflow/rules/split.smk"
+    include: "workflow/rules/train.smk"
+    include: "workflow/rules/infer.smk"
+    include: "workflow/rules/evaluate.smk"
+    include: "workflow/rules/report.smk"
+
+
+include: "workflow/rules/apply.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.report.output.html,
-        rules.collect_metrics.output.tsv,
+        # Training mode: the report and metrics; apply mode (apply.checkpoints): the
+        # BIDS derivatives and the QC page (common.smk).
+        final_targets(),

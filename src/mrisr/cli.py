@@ -22,36 +22,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 import mrisr
-from mrisr.config import ConfigError, SamplingOptions, check_combinations, section_defaults
+import mrisr.io as io
+from mrisr.config import ConfigError, SamplingOptions, section_defaults
 
 log = logging.getLogger("mrisr")
 
 
-class InputError(ValueError):
-    """A problem with the command's inputs, reported as one line."""
+class InputError(io.InputError):
+    """A problem with the command's options, reported as one line."""
 
 
 def _progress(stage: int, n_stages: int, step: int, n_steps: int) -> None:
     end = "\n" if step == n_steps else ""
     print(f"\rstage {stage + 1}/{n_stages}: step {step}/{n_steps}", end=end, file=sys.stderr, flush=True)
-
-
-def _normalise(data: np.ndarray, brain: np.ndarray, percentile: float, path: str,
-               protocol: str) -> tuple[np.ndarray, float]:
-    """The scan on the training's intensity scale (see the module's doc), and that scale."""
-    if protocol == "acquisition":
-        scale, where = float(np.percentile(data, percentile)), "field of view's"
-    else:
-        scale, where = float(np.percentile(data[brain], percentile)), "brain's"
-    if not scale > 0:
-        raise InputError(f"{path}: the {where} {percentile}th intensity percentile is {scale:g}, not > 0")
-    out = np.clip(data / scale, 0.0, 1.0).astype(np.float32)
-    if protocol != "acquisition":
-        out[~brain] = 0.0
-    return out, scale
 
 
 # ``mrisr super-resolve`` option -> sampling config key; unset options take the schema's defaults.
@@ -74,28 +58,11 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
         raise InputError(message) from None
 
 
-def _load_scan(args: argparse.Namespace, keep_head: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T1, with everything outside the brain removed when a mask is given; its brain mask; its affine); checked."""
-    from mrisr.io import check_contrast, check_same_grid, load_volume
-
-    data, affine = load_volume(args.input)
-    check_contrast(data, args.input)
-    if not args.mask:
-        return data, data > 0, affine
-    mask, mask_affine = load_volume(args.mask)
-    check_same_grid(mask, mask_affine, args.mask, data, affine, args.input)
-    brain = mask > 0
-    if not brain.any():
-        raise InputError(f"{args.mask}: the brain mask is empty")
-    return (data if keep_head else np.where(brain, data, 0.0)), brain, affine
-
-
 def super_resolve_scan(args: argparse.Namespace) -> None:
     """Everything ``mrisr super-resolve`` does; raises on bad input before writing anything."""
-    from mrisr.data.degrade import upsample_affine
+    from mrisr.apply import Cascade, Scan, apply_cascade
     from mrisr.device import pick_device
-    from mrisr.inference import load_cascade, super_resolve
-    from mrisr.io import check_voxel_size, save_volume
+    from mrisr.io import save_volume
 
     options = sampling_options(args)
     if args.sd and options.n_samples < 2:
@@ -103,36 +70,21 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     for path in (args.output, args.sd):
         if path and not str(path).endswith((".nii", ".nii.gz")):
             raise InputError(f"{path}: output names must end in .nii or .nii.gz")
-    stages = load_cascade(args.model, pick_device(args.device))
-    try:
-        check_combinations(stages[0].config["diffusion"], options.to_dict())
-    except ConfigError as err:
-        raise InputError(f"{args.model[0]}: {err}") from None
-    protocol = stages[0].config["degrade"].get("protocol", "masked")  # checkpoints before it were masked
-    data, brain, affine = _load_scan(args, keep_head=protocol == "acquisition")
-    normalised, scale = _normalise(data, brain, args.percentile, args.input, protocol)
-    trained = stages[0].config.get("data", {}).get("lr_voxel_size_mm")
-    if trained is not None:
-        warning = check_voxel_size(affine, np.asarray(trained), args.input)
-        if warning:
-            print(f"mrisr: warning: {warning}", file=sys.stderr)
-    outputs = super_resolve(normalised, stages, options, log=log.info, progress=None if args.quiet else _progress)
-    final = outputs[-1]
-    factor = final.mean.shape[0] // data.shape[0]
-    out_affine = upsample_affine(affine, factor)
+    cascade = Cascade.load(args.model, options, pick_device(args.device))
+    scan = Scan.load(args.input, args.mask, keep_head=cascade.protocol == "acquisition")
+    out = apply_cascade(scan, cascade, options, args.percentile, log=log.info,
+                        warn=lambda w: print(f"mrisr: warning: {w}", file=sys.stderr),
+                        progress=None if args.quiet else _progress)
     if args.sd:
-        save_volume(args.sd, final.sd * scale, out_affine)
-    save_volume(args.output, final.mean * scale, out_affine)
-    log.info("%s -> %s: x%d, %s -> %s", args.input, args.output, factor, data.shape, final.mean.shape)
+        save_volume(args.sd, out.sd, out.affine)
+    save_volume(args.output, out.sr, out.affine)
+    log.info("%s -> %s: x%d, %s -> %s", args.input, args.output, out.factor, scan.data.shape, out.sr.shape)
 
 
 def _super_resolve(args: argparse.Namespace) -> int:
-    from mrisr.inference import CheckpointError
-    from mrisr.io import VolumeError
-
     try:
         super_resolve_scan(args)
-    except (VolumeError, CheckpointError, InputError) as err:
+    except io.InputError as err:  # scans, masks, checkpoints and options that cannot be used
         print(f"mrisr: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -182,7 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     sr.add_argument("--quiet", action="store_true", help="no progress bar")
     sr.set_defaults(func=_super_resolve)
+    demo = sub.add_parser(
+        "demo-bids", help="write a small BIDS dataset of whole-head demo scans, to try apply mode on",
+        description="Whole-head synthetic scans as acquired (mrisr.data.demo, another seed than the demo's "
+                    "training cohort), as a BIDS dataset: sub-01, sub-02 (two sessions), ...",
+    )
+    demo.add_argument("output", help="the folder to write (the dataset's root)")
+    demo.add_argument("--subjects", type=int, default=3, help="subjects (default 3; every second has two sessions)")
+    demo.add_argument("--voxel-size", type=float, default=4.0,
+                      help="isotropic voxel size in mm, 1 to 4 (default 4: the demo model's training LR)")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the scans (default 1; the demo trains on 0)")
+    demo.set_defaults(func=_demo_bids)
     return parser
+
+
+def _demo_bids(args: argparse.Namespace) -> int:
+    from mrisr.data.demo import write_demo_bids
+
+    try:
+        files = write_demo_bids(args.output, args.subjects, args.voxel_size, args.seed)
+    except ValueError as err:
+        print(f"mrisr: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(files)} T1w scans written under {args.output}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,3 +150,30 @@ class SamplingOptions:
         flips = " over flips" if self.flip_ensemble else ""
         return (f"{self.method} {self.steps_run} step(s), {self.n_samples} sample(s), "
                 f"{self.estimate}{flips}, {self.variance} variance")
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    """The ``apply`` section: which trained cascade apply mode runs, and what it writes (meanings in the schema).
+
+    Built once with ``from_mapping`` where the section enters (the workflow's
+    ``common.smk``); ``enabled`` is apply mode.
+    """
+
+    checkpoints: tuple[str, ...]
+    test_derivatives: bool
+    qc_panels: int
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "ApplySettings":
+        checked = section("apply", values)
+        if checked["checkpoints"] and checked["test_derivatives"]:
+            raise ConfigError("apply.test_derivatives: writes a training run's test subjects; apply mode "
+                              "(apply.checkpoints set) writes every scan as a derivative already")
+        return cls(checkpoints=tuple(str(p) for p in checked["checkpoints"]),
+                   test_derivatives=bool(checked["test_derivatives"]), qc_panels=int(checked["qc_panels"]))
+
+    @property
+    def enabled(self) -> bool:
+        """Apply mode: a trained cascade is given, so there is no split, training or evaluation."""
+        return bool(self.checkpoints)

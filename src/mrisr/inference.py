@@ -19,9 +19,10 @@ from mrisr.diffusion.nets import UNet, unet_from_config
 from mrisr.diffusion.parameterization import Parameterization
 from mrisr.diffusion.sampler import prior_sample, sample, sliding_window, start_from
 from mrisr.diffusion.schedule import NoiseSchedule, full_schedule, sampling_schedule
+from mrisr.io import InputError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
@@ -43,18 +44,42 @@ class Stage:
         return self.config["train"].get("objective", "diffusion") == "regression"
 
 
-def load_stage(path: str | Path, device: torch.device) -> Stage:
-    """Load a stage checkpoint (``weights_only=True``) and its EMA weights."""
-    path = Path(path)
+def _read_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A stage checkpoint's payload (``weights_only=True``), checked for what sampling needs.
+
+    With ``mmap`` the file is mapped, not read: tensors are read only when
+    touched, so the config of a large checkpoint costs little.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     missing = [k for k in ("ema", "config", "stage") if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return payload
+
+
+def cascade_configs(checkpoints: Sequence[str | Path]) -> list[dict]:
+    """Each stage checkpoint's stored config, coarse to fine, without loading its weights (for planning:
+    the workflow's apply mode reads the protocol and factors when it parses); checked like ``load_cascade``."""
+    if not checkpoints:
+        raise CheckpointError("no stage checkpoints given")
+    configs = []
+    for k, path in enumerate(checkpoints):
+        payload = _read_checkpoint(Path(path), mmap=True)
+        if int(payload["stage"]) != k:
+            raise CheckpointError(f"{path}: holds stage {int(payload['stage'])}, expected stage {k}")
+        configs.append(payload["config"])
+    return configs
+
+
+def load_stage(path: str | Path, device: torch.device) -> Stage:
+    """Load a stage checkpoint (``weights_only=True``) and its EMA weights."""
+    path = Path(path)
+    payload = _read_checkpoint(path)
     config, stage = payload["config"], int(payload["stage"])
     model = unet_from_config(config["model"])
     try:

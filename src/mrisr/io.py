@@ -21,7 +21,12 @@ import nibabel as nib
 import numpy as np
 
 
-class VolumeError(ValueError):
+class InputError(ValueError):
+    """Input that cannot be used (a scan, a mask, a checkpoint): the message names the file and the problem,
+    and is all a user needs to see (the workflow's jobs log it as one line, ``mrisr: error: ...``)."""
+
+
+class VolumeError(InputError):
     """A NIfTI file that cannot be used; the message names the file and the problem."""
 
 
@@ -109,6 +114,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_tsv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from mrisr import metrics
 from mrisr.config import SamplingOptions
-from mrisr.data.brain_extraction import extract_brain
+from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
 from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample_affine
 from mrisr.data.local import LocalScan
 from mrisr.data.protocol import Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, head_scale
@@ -71,17 +71,28 @@ def skullstrip(
 
 def _brain_mask(t1: np.ndarray, affine: np.ndarray, raw_t1: str, raw_mask: str | None) -> np.ndarray:
     """The source's brain mask (checked against the T1's grid), or one estimated from the T1."""
+    return brain_mask_of(t1, affine, raw_t1, raw_mask)[0]
+
+
+def brain_mask_of(t1: np.ndarray, affine: np.ndarray, raw_t1: str, raw_mask: str | None) -> tuple[np.ndarray, str]:
+    """(the brain mask, how it was found): the source's (``raw_mask``, checked against the T1's grid), or one
+    estimated from the T1 (``data.brain_extraction``; ``BrainExtractionError`` naming the file if it cannot be)."""
     if raw_mask is not None:
         mask, mask_affine = load_volume(raw_mask)
         check_same_grid(mask, mask_affine, raw_mask, t1, affine, raw_t1)
         log.info("%s: brain mask from the source, %s", raw_t1, raw_mask)
-        return mask
-    found = extract_brain(t1, affine)
+        return mask, "the source's brain mask"
+    try:
+        found = extract_brain(t1, affine)
+    except BrainExtractionError as err:
+        voxel = "x".join(f"{v:.3g}" for v in voxel_sizes(affine))
+        raise BrainExtractionError(f"{raw_t1}: no brain mask could be estimated at {voxel} mm voxels: {err}") from None
     log.info(
         "%s: brain mask estimated: %.0f mL, brain intensity %.4g, separated from the scalp at %.0f mm erosion",
         raw_t1, found.volume_ml, found.brain_intensity, found.erosion_mm,
     )
-    return found.mask
+    return found.mask, (f"estimated from the T1w (mrisr.data.brain_extraction: separated from the scalp at "
+                        f"{found.erosion_mm:g} mm erosion, {found.volume_ml:.0f} mL)")
 
 
 def make_lr(hr_path: str, out_path: str, factor: int, order: int, method: str,

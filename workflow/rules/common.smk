@@ -11,14 +11,19 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 import _adapter  # noqa: E402,F401
 
 from mrisr.compare import compare_configs, model_config
-from mrisr.config import SamplingOptions, check_combinations
+from mrisr.config import ApplySettings, SamplingOptions, check_combinations
+from mrisr.data.bids import STEM_PATTERN
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
 
 
-# Local scans are found once, when the workflow is parsed: {subject: files}.
-LOCAL_SCANS = local_scans(config)
+# Apply mode (config key apply.checkpoints): a trained cascade over every scan of
+# the source, no split, training or evaluation (workflow/rules/apply.smk).
+APPLY = ApplySettings.from_mapping(config["apply"])
+# Local scans are found once, when the workflow is parsed: {subject: files}. In
+# apply mode every session of a BIDS dataset is a scan of its own (sub-01_ses-2).
+LOCAL_SCANS = local_scans(config, sessions=APPLY.enabled)
 
 
 def subject_list():
@@ -31,8 +36,8 @@ def subject_list():
 SUBJECTS = subject_list()
 SOURCE_SHIPS_MASK = ships_mask(config)
 # The split is a pure function of subjects and seed: the DAG is planned with
-# the same function the split rule writes results/splits.tsv with.
-SPLIT = split_subjects(
+# the same function the split rule writes results/splits.tsv with. Apply mode has none.
+SPLIT = {} if APPLY.enabled else split_subjects(
     SUBJECTS,
     config["split"]["seed"],
     config["split"]["val_fraction"],
@@ -79,6 +84,7 @@ if config["sampling"]["n_samples"] > 1:
 # (docs/benchmarks.md, "DAG scale").
 wildcard_constraints:
     subject=subject_id_pattern(config),
+    scan=STEM_PATTERN,
     name=r"[a-z0-9][a-z0-9_]*",
     stage=r"\d+",
     factor=r"\d+",
@@ -170,3 +176,4 @@ def cost_benchmarks(wildcards):
         + expand(rules.train_compare.benchmark, name=COMPARE, stage=STAGES)
         + expand(rules.super_resolve_compare.benchmark, name=COMPARE, subject=TEST_SUBJECTS)
     )
+

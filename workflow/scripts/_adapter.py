@@ -9,8 +9,11 @@ script imports the ``mrisr.pipeline`` function it runs and hands it to
 ``run_stage`` with plain arguments:
 ``run_stage`` sends logging to the rule's ``log:`` file, caps torch's threads
 at the job's ``threads`` and calls it. An exception is written to the log
-with its traceback and fails the job; training stopped by a signal after
-saving its resume checkpoint fails it with exit status 75 and one line.
+with its traceback and fails the job, except bad input (``io.InputError``: a
+scan, mask or checkpoint that cannot be used), which is logged as the
+``mrisr`` command prints it, one line ``mrisr: error: <file>: <problem>``;
+training stopped by a signal after saving its resume checkpoint fails it
+with exit status 75 and one line.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def run_stage(snakemake: Any, function: Callable[..., None], **kwargs: Any) -> N
         handlers=[logging.FileHandler(snakemake.log[0], mode="w")],
         force=True,
     )
+    from mrisr.io import InputError
     from mrisr.resume import TrainingInterrupted
 
     try:
@@ -45,6 +49,9 @@ def run_stage(snakemake: Any, function: Callable[..., None], **kwargs: Any) -> N
     except TrainingInterrupted as err:  # saved and stopped: the job's next attempt continues
         logging.getLogger("mrisr").warning("%s", err)
         sys.exit(75)  # EX_TEMPFAIL
+    except InputError as err:  # a file that cannot be used: the CLI's one line, no traceback
+        logging.getLogger("mrisr").error("mrisr: error: %s", err)
+        sys.exit(1)
     except Exception:
         logging.getLogger("mrisr").exception("%s failed", function.__name__)
         raise

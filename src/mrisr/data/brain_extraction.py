@@ -29,6 +29,13 @@ settings work at 0.7, 1 or 2 mm voxels and on anisotropic grids.
    candidates, closed by ``closing_mm`` (sulcal CSF) and its holes filled
    (ventricles).
 
+Step 3 needs voxels finer than the smallest radius plus ``surface_mm``
+(6 mm with the defaults): coarser, its shell near the surface holds no
+voxel, so it cannot see the scalp, and the method refuses instead of
+returning a mask that leaks (measured on Colin27 block-averaged to 6 and
+8 mm: Dice 0.62 and 0.68 without this refusal; up to 5 mm, isotropic or in
+thick slices, Dice 0.96 to 0.97: ``benchmarks/skullstrip_lowres.py``).
+
 Measured against a known mask on real data in ``benchmarks/skullstrip.py``
 (docs/benchmarks.md), where it is compared with ``brainextractor``.
 """
@@ -42,10 +49,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
-from mrisr.io import voxel_sizes
+from mrisr.io import InputError, voxel_sizes
 
 
-class BrainExtractionError(ValueError):
+class BrainExtractionError(InputError):
     """The brain could not be separated from the rest of the head."""
 
 
@@ -118,6 +125,15 @@ def extract_brain(
     sampling = native_sampling * native_shape / work_shape
     if np.any(work_shape != native_shape):
         smooth = ndimage.zoom(smooth, work_shape / native_shape, order=1, grid_mode=True, mode="nearest")
+    # The separation test (step 3) looks for the eroded brain within radius + surface_mm of the head's
+    # surface: with voxels that deep the shell holds no voxel and every mask "separates", scalp and all
+    # (measured: masks leak from 6 mm voxels on Colin27; benchmarks/skullstrip_lowres.py).
+    if sampling.max() >= radii[0] + settings.surface_mm:
+        raise BrainExtractionError(
+            f"voxels of up to {sampling.max():.3g} mm are too coarse to tell the brain from the scalp: the method "
+            f"needs them below {radii[0] + settings.surface_mm:g} mm (masks leak beyond, "
+            "docs/benchmarks.md); give the scan's brain mask instead"
+        )
     p2, p98 = np.percentile(smooth, [2, 98])
     if not p98 > p2:
         raise BrainExtractionError("the volume is (nearly) constant: there is no head to find")

@@ -175,3 +175,31 @@ def demo_subject_index(subject: str) -> int:
     if not (subject.startswith("demo") and subject[4:].isdigit()):
         raise ValueError(f"{subject!r} is not a demo subject ID (demo01, demo02, ...)")
     return int(subject[4:]) - 1
+
+
+def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed: int = 1) -> list:
+    """A small BIDS dataset of whole-head demo scans as acquired, for trying apply mode on scans no demo
+    model saw (another ``seed`` than the training cohort's 0): ``sub-01``, ``sub-02`` ... at ``voxel_size_mm``;
+    every even-numbered subject has two sessions (``ses-1``, ``ses-2``). Returns the T1w files written."""
+    import json
+    from pathlib import Path
+
+    from mrisr.io import atomic_path, save_volume
+
+    root = Path(root)
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    with atomic_path(root / "dataset_description.json") as tmp:
+        tmp.write_text(json.dumps({"Name": "mrisr demo scans", "BIDSVersion": "1.10.0", "DatasetType": "raw"},
+                                  indent=2) + "\n")
+    written, index = [], 0
+    for number in range(1, n_subjects + 1):
+        sessions = ["ses-1", "ses-2"] if number % 2 == 0 else [None]
+        for session in sessions:
+            sub = make_demo_subject(index, seed=seed, voxel_size_mm=voxel_size_mm)
+            index += 1
+            prefix = f"sub-{number:02d}" + (f"_{session}" if session else "")
+            folder = root / f"sub-{number:02d}" / (session or "") / "anat"
+            written.append(folder / f"{prefix}_T1w.nii.gz")
+            save_volume(written[-1], sub.t1, sub.affine)
+    return written

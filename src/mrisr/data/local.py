@@ -88,24 +88,34 @@ def find_by_pattern(pattern: str) -> dict[str, str]:
     return found
 
 
-def find_bids(root: str | os.PathLike) -> dict[str, str]:
-    """{sub-<label>: T1w file} of a BIDS dataset (see the module docstring)."""
-    root = Path(os.path.expanduser(str(root))).absolute()
+def find_bids(root: str | os.PathLike, sessions: bool = False) -> dict[str, str]:
+    """{sub-<label>: T1w file} of a BIDS dataset (see the module docstring).
+
+    With ``sessions`` every session is a scan of its own: {sub-<label>_ses-<label>:
+    T1w file} (``sub-<label>`` for a subject without sessions), the first T1w of
+    each session in sorted path order (apply mode).
+    """
+    root = Path(os.path.abspath(os.path.expanduser(str(root))))
     if not root.is_dir():
         raise ValueError(f"local.bids_root {root}: no such folder")
     candidates: dict[str, list[Path]] = {}
     for path in sorted(root.glob("sub-*/anat/*_T1w.nii*")) + sorted(root.glob("sub-*/ses-*/anat/*_T1w.nii*")):
-        subject_dir = path.relative_to(root).parts[0]
+        folders = path.relative_to(root).parts[:-2]
         match = BIDS_T1W.fullmatch(path.name)
-        if match is None or match["subject"] != subject_dir or not path.is_file():
+        if match is None or match["subject"] != folders[0] or not path.is_file():
             continue  # not a BIDS T1w file name, or one filed under another subject
-        candidates.setdefault(validate_local_subject(subject_dir, path), []).append(path)
+        key = folders[0]
+        if sessions and len(folders) == 2:
+            if f"_{folders[1]}_" not in path.name:
+                continue  # a file filed under another session
+            key = f"{folders[0]}_{folders[1]}"
+        candidates.setdefault(validate_local_subject(key, path), []).append(path)
     found = {}
-    for subject, paths in sorted(candidates.items()):
+    for key, paths in sorted(candidates.items()):
         paths = sorted(paths)
         if len(paths) > 1:
-            log.info("%s has %d T1w scans; using %s", subject, len(paths), paths[0].relative_to(root))
-        found[subject] = str(paths[0])
+            log.info("%s has %d T1w scans; using %s", key, len(paths), paths[0].relative_to(root))
+        found[key] = str(paths[0])
     return found
 
 
@@ -122,14 +132,15 @@ def mask_for(pattern: str, subject: str) -> str:
     return path
 
 
-def find_scans(section: Mapping[str, Any]) -> dict[str, LocalScan]:
-    """{subject: LocalScan} of the ``local`` config section (exactly one of ``t1`` or ``bids_root``)."""
+def find_scans(section: Mapping[str, Any], sessions: bool = False) -> dict[str, LocalScan]:
+    """{subject: LocalScan} of the ``local`` config section (exactly one of ``t1`` or ``bids_root``); with
+    ``sessions``, a BIDS dataset's sessions are scans of their own (``find_bids``)."""
     t1_pattern, bids_root, mask_pattern = section.get("t1"), section.get("bids_root"), section.get("mask")
     if bool(t1_pattern) == bool(bids_root):
         raise ValueError("source: local needs exactly one of local.t1 (a pattern with {subject}) or local.bids_root")
     if mask_pattern and PLACEHOLDER not in mask_pattern:
         raise ValueError(f"local.mask pattern {mask_pattern} has no {PLACEHOLDER} placeholder")
-    t1_files = find_by_pattern(t1_pattern) if t1_pattern else find_bids(bids_root)
+    t1_files = find_by_pattern(t1_pattern) if t1_pattern else find_bids(bids_root, sessions)
     if not t1_files:
         raise ValueError(f"source: local found no T1w files ({t1_pattern or bids_root})")
     return {

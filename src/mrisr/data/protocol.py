@@ -29,7 +29,7 @@ import numpy as np
 
 from mrisr.data.degrade import downsample, downsample_affine
 from mrisr.data.skullstrip import brain_box
-from mrisr.io import crop_or_pad
+from mrisr.io import VolumeError, crop_or_pad
 
 PROTOCOLS = ("acquisition", "masked")
 
@@ -92,3 +92,25 @@ def box_start(raw_affine: np.ndarray, box_affine: np.ndarray) -> tuple[int, ...]
     if not np.allclose(offset, start, atol=1e-3) or not np.allclose(raw_affine[:3, :3], box_affine[:3, :3]):
         raise ValueError("the HR volume is not a box of the raw volume's grid (its affine is not a whole-voxel shift)")
     return tuple(int(s) for s in start)
+
+
+def normalise_scan(data: np.ndarray, brain: np.ndarray, percentile: float, path: str, protocol: str) -> tuple[np.ndarray, float]:
+    """A scan as acquired on a cascade's training intensity scale, and that scale (divide by it to go back).
+
+    ``acquisition``: the whole field of view divided by its ``percentile``,
+    clipped to [0, 1], as ``acquired_lr`` scales the training LR; ``masked``:
+    divided by the brain's ``percentile`` and zero outside ``brain``. A scale
+    that is not positive raises ``VolumeError`` naming ``path``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    if protocol == "acquisition":
+        scale, where = float(np.percentile(data, percentile)), "field of view's"
+    else:
+        scale, where = float(np.percentile(data[brain], percentile)), "brain's"
+    if not scale > 0:
+        raise VolumeError(f"{path}: the {where} {percentile}th intensity percentile is {scale:g}, not > 0")
+    out = np.clip(data / scale, 0.0, 1.0).astype(np.float32)
+    if protocol != "acquisition":
+        out[~brain] = 0.0
+    return out, scale

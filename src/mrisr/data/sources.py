@@ -13,7 +13,9 @@ and ``fetch_subject`` fetches one subject from the same config.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -64,9 +66,41 @@ def ships_mask(config: Mapping[str, Any]) -> bool:
     return source in ("demo", "hcp") or bool(config["local"].get("mask"))
 
 
-def local_scans(config: Mapping[str, Any]) -> dict[str, local.LocalScan]:
-    """{subject: LocalScan} when the source is local, else empty."""
-    return local.find_scans(config["local"]) if _source(config) == "local" else {}
+def local_scans(config: Mapping[str, Any], sessions: bool = False) -> dict[str, local.LocalScan]:
+    """{subject: LocalScan} when the source is local, else empty; with ``sessions`` (apply mode) every
+    session of a BIDS dataset is a scan of its own, keyed ``sub-<label>_ses-<label>``."""
+    return local.find_scans(config["local"], sessions) if _source(config) == "local" else {}
+
+
+def source_dataset(config: Mapping[str, Any]) -> dict[str, str]:
+    """The source as a BIDS ``SourceDatasets`` entry (where the scans were read from)."""
+    source = _source(config)
+    if source == "demo":
+        return {"Name": "mrisr demo cohort (synthetic subjects made from the MNI152 2009c template in nilearn)"}
+    if source == "hcp":
+        return {"Name": "HCP-1200 (WU-Minn Human Connectome Project)",
+                "URL": f"s3://{config['hcp']['bucket']}/{config['hcp']['prefix']}"}
+    section = config["local"]
+    where = section.get("bids_root") or section.get("t1")
+    return {"URL": Path(os.path.abspath(os.path.expanduser(where))).as_uri()}
+
+
+def source_uri(config: Mapping[str, Any], subject: str, scan: local.LocalScan | None = None) -> str:
+    """Where one subject's T1 came from, for a derivative's ``Sources``: a ``bids:raw:`` URI into a BIDS
+    source (``raw`` is the source's name in ``DatasetLinks``), else the file's or object's URI."""
+    source = _source(config)
+    if source == "demo":
+        demo = config["demo"]
+        return f"mrisr:demo/{subject}?seed={demo['seed']}&voxel_size_mm={demo['voxel_size_mm']}"
+    if source == "hcp":
+        return f"s3://{config['hcp']['bucket']}/{config['hcp']['prefix']}/{subject}/{hcp.HCP_FILES['t1']}"
+    if scan is None:
+        raise ValueError(f"{subject}: source local needs the subject's T1 file")
+    root = config["local"].get("bids_root")
+    if root:
+        relative = Path(scan.t1).relative_to(Path(os.path.abspath(os.path.expanduser(root))))
+        return f"bids:raw:{relative.as_posix()}"
+    return Path(scan.t1).as_uri()
 
 
 def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -339,6 +339,7 @@ COST_TITLES = {
     "train_stage": "Training, per cascade stage",
     "super_resolve": "Super-resolution, per test subject",
     "evaluate": "Evaluation, per test subject",
+    "apply_scan": "Super-resolution, per scan (apply mode)",
 }
 
 
@@ -363,14 +364,20 @@ def provenance_section(
         ("environment", environment_html(environment)),
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in kv)
-    plain = json.loads(json.dumps(config, default=str))  # Snakemake's config may hold non-YAML types
-    config_yaml = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
+    config_yaml = to_yaml(config)
     return "".join([
         '<h2 id="provenance">Provenance</h2>',
         f'<table class="kv" id="provenance-table"><tbody>{rows}</tbody></table>',
         "<details><summary>Resolved configuration (schema defaults filled in; secret-looking keys redacted)</summary>",
         f'<pre id="config">{esc(config_yaml)}</pre></details>',
     ])
+
+
+def to_yaml(values: Mapping) -> str:
+    """A config (or any nested mapping) as block YAML for a <pre>; values YAML cannot hold become strings
+    (Snakemake's config may hold such types)."""
+    plain = json.loads(json.dumps(values, default=str))
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
 
 
 def environment_html(check: LockCheck, extra_shown: int = 12) -> str:

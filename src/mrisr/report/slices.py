@@ -47,6 +47,15 @@ class Volumes:
     mask: np.ndarray
     spacing: np.ndarray
     lr_factor: float
+    # How the colour-mapped columns are titled ({} is the key of ``errors``) and their colour bar labelled:
+    # error maps here; apply mode's QC page shows the samples' sd instead (``report.apply``).
+    map_title: str = "|{} − HR|"
+    map_label: str = "|error| inside the brain mask"
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The image whose edges place the zoomed window: HR where there is one, else the last image (SR)."""
+        return self.images["HR"] if "HR" in self.images else list(self.images.values())[-1]
 
 
 def to_ras(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,9 +194,9 @@ def slice_panel_figure(vols: Volumes, title: str = "", inset_size: float = 0.42,
         corner = inset_corner(mask_slice, inset_size)
         rows, cols = mask_slice.shape
         side = max(4, int(round(min(rows, cols) * inset_size / zoom)))
-        r, c = zoom_window(take(vols.images["HR"], axis, index), mask_slice, side, corner, inset_size)
+        r, c = zoom_window(take(vols.reference, axis, index), mask_slice, side, corner, inset_size)
         columns = [(n, vols.images[n], "gray", DATA_RANGE) for n in names]
-        columns += [(f"|{n} − HR|", vols.errors[n], "magma", err_max) for n in err_names]
+        columns += [(vols.map_title.format(n), vols.errors[n], "magma", err_max) for n in err_names]
         for col, (name, volume, cmap, vmax) in enumerate(columns):
             ax = fig.add_subplot(grid[row, col])
             image = take(volume, axis, index)
@@ -217,7 +226,7 @@ def slice_panel_figure(vols: Volumes, title: str = "", inset_size: float = 0.42,
     n_img = len(names)
     bars = [(grid[-1, :n_img], grey_handle, f"intensity (data range {DATA_RANGE:g})")]
     if err_names:
-        bars.append((grid[-1, n_img:], err_handle, "|error| inside the brain mask"))
+        bars.append((grid[-1, n_img:], err_handle, vols.map_label))
     for cell, handle, label in bars:
         holder = fig.add_subplot(cell)
         holder.set_axis_off()

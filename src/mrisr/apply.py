@@ -1,0 +1,125 @@
+"""A trained cascade applied to a scan as acquired: what ``mrisr super-resolve`` and the workflow's apply mode share.
+
+The scan is brought to the intensity scale the cascade was trained on (its
+checkpoint's ``degrade.protocol``: ``data.protocol.normalise_scan``),
+super-resolved (``inference.super_resolve``) and written back in the scan's
+own units on the grid ``factor`` times finer, whose affine
+(``degrade.upsample_affine``) puts it exactly over the scan in world space.
+A scan whose voxel size is far from the cascade's training LR gets a warning
+(``io.check_voxel_size``), which the caller shows (stderr, a job's log, the
+QC page).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mrisr.config import ConfigError, SamplingOptions, check_combinations
+from mrisr.data.degrade import upsample_affine
+from mrisr.data.protocol import normalise_scan
+from mrisr.inference import CheckpointError, Stage, load_cascade, super_resolve
+from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_size, load_volume, voxel_sizes
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """Loaded stage checkpoints, coarse to fine, checked against the sampling options they will run with."""
+
+    stages: tuple[Stage, ...]
+
+    @classmethod
+    def load(cls, checkpoints: Sequence[str], options: SamplingOptions, device) -> "Cascade":
+        """``CheckpointError`` naming the first checkpoint when the sampling options cannot work with its diffusion."""
+        stages = load_cascade(checkpoints, device)
+        try:
+            check_combinations(stages[0].config["diffusion"], options.to_dict())
+        except ConfigError as err:
+            raise CheckpointError(f"{checkpoints[0]}: {err}") from None
+        return cls(tuple(stages))
+
+    @property
+    def protocol(self) -> str:
+        """How the training data were normalised; checkpoints from before the protocol existed were ``masked``."""
+        return str(self.stages[0].config["degrade"].get("protocol", "masked"))
+
+    @property
+    def factor(self) -> int:
+        return int(np.prod([s.factor for s in self.stages]))
+
+    @property
+    def lr_voxel_size_mm(self) -> list[float] | None:
+        """The voxel size of the first stage's training LR, when the checkpoint records it."""
+        trained = self.stages[0].config.get("data", {}).get("lr_voxel_size_mm")
+        return None if trained is None else [float(v) for v in trained]
+
+    def voxel_size_warning(self, affine: np.ndarray, path: str) -> str | None:
+        """``io.check_voxel_size`` against the training LR (None when it matches or is not recorded)."""
+        trained = self.lr_voxel_size_mm
+        return None if trained is None else check_voxel_size(affine, np.asarray(trained), path)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A scan as acquired: its voxels (scanner units), brain mask, affine and the file they came from."""
+
+    data: np.ndarray
+    brain: np.ndarray
+    affine: np.ndarray
+    path: str
+
+    @classmethod
+    def load(cls, path: str, mask_path: str | None = None, keep_head: bool = True) -> "Scan":
+        """The scan, checked (``io.load_volume``, ``io.check_contrast``), and its brain: the voxels of
+        ``mask_path`` (on the scan's grid; zero outside it unless ``keep_head``), else its non-zero voxels."""
+        data, affine = load_volume(path)
+        check_contrast(data, path)
+        if not mask_path:
+            return cls(data, data > 0, affine, str(path))
+        mask, mask_affine = load_volume(mask_path)
+        check_same_grid(mask, mask_affine, mask_path, data, affine, path)
+        brain = mask > 0
+        if not brain.any():
+            raise VolumeError(f"{mask_path}: the brain mask is empty")
+        return cls(data if keep_head else np.where(brain, data, 0.0).astype(np.float32), brain, affine, str(path))
+
+
+@dataclass(frozen=True)
+class AppliedScan:
+    """The cascade's output in the scan's units on the finer grid, and how it was made."""
+
+    sr: np.ndarray
+    sd: np.ndarray | None  # the samples' per-voxel sd, with several samples
+    affine: np.ndarray
+    factor: int
+    scale: float  # the scan was divided by this for the network, and the output multiplied back
+    warning: str | None  # the voxel-size warning, if any
+
+    @property
+    def voxel_size_mm(self) -> list[float]:
+        return [float(v) for v in voxel_sizes(self.affine)]
+
+
+def apply_cascade(
+    scan: Scan, cascade: Cascade, options: SamplingOptions, percentile: float = 99.5,
+    log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+    progress: Callable[[int, int, int, int], None] | None = None,
+) -> AppliedScan:
+    """Super-resolve ``scan`` with ``cascade`` (see the module doc); raises before any sampling on bad input.
+
+    ``warn`` receives the voxel-size warning before sampling starts, ``log``
+    the cascade's progress lines, ``progress`` every reverse step.
+    """
+    normalised, scale = normalise_scan(scan.data, scan.brain, percentile, scan.path, cascade.protocol)
+    warning = cascade.voxel_size_warning(scan.affine, scan.path)
+    if warning:
+        warn(warning)
+    outputs = super_resolve(normalised, list(cascade.stages), options, log=log, progress=progress)
+    final = outputs[-1]
+    factor = final.mean.shape[0] // scan.data.shape[0]
+    return AppliedScan(
+        sr=final.mean * scale, sd=None if final.sd is None else final.sd * scale,
+        affine=upsample_affine(scan.affine, factor), factor=factor, scale=scale, warning=warning,
+    )
