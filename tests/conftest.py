@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -210,6 +211,10 @@ def check_tiny_outputs(workdir: Path) -> None:
     for stage in (1, 2):
         assert (res / "models" / f"stage{stage}" / "checkpoint.pt").stat().st_size > 0
         assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
+    scale = json.loads((res / "calibration" / "sd_scale.json").read_text())
+    assert sorted(scale["subjects"]) == sorted(s for s, v in splits.items() if v == "val")
+    assert scale["scale"] > 0 and scale["sampling"]["n_samples"] == 2
+    assert (res / "calibration" / list(scale["subjects"])[0] / "sd_uncalibrated.nii.gz").exists()
     for subject in test_subjects:
         hr = nib.load(res / "hr" / subject / "T1w.nii.gz")
         sr = nib.load(res / "sr" / subject / "sr.nii.gz")
@@ -220,6 +225,10 @@ def check_tiny_outputs(workdir: Path) -> None:
         np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
         sd = nib.load(res / "sr" / subject / "sd.nii.gz")  # n_samples: 2 in the tiny config
         assert sd.shape == hr.shape and sd.get_fdata().max() > 0
+        # the samples' sd times the scale fitted on the validation subject (never on a test one)
+        raw = nib.load(res / "sr" / subject / "sd_uncalibrated.nii.gz")
+        np.testing.assert_allclose(sd.get_fdata(), raw.get_fdata() * scale["scale"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(sd.affine, raw.affine)
         with open(res / "metrics" / f"{subject}_calibration.tsv", newline="") as fh:
             bins = list(csv.DictReader(fh, delimiter="\t"))
         assert len(bins) == 10 and all(math.isfinite(float(b["rmse"])) for b in bins)
@@ -230,6 +239,7 @@ def check_tiny_outputs(workdir: Path) -> None:
         assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
     html = (res / "report" / "index.html").read_text()
     assert "PSNR" in html and "data range = 1" in html and html.count("data:image/png;base64,") >= 2
+    assert "σ-scaling" in html and "RMS(sd) / RMS(error)" in html
     assert not list(res.rglob(".*.nii.gz.*")), "no temporary files left behind"
     assert not list(res.rglob("resume.pt")), "resume checkpoints are deleted once a stage is trained"
 

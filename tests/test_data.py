@@ -110,6 +110,71 @@ def test_error_vs_uncertainty_bins_sorted_by_sd_and_tracks_calibrated_noise():
         assert r["rmse"] == pytest.approx(r["sd"], rel=0.15)
 
 
+def test_sd_scale_pools_squared_errors_and_sds_over_brain_voxels_of_all_subjects():
+    """s = sqrt(sum err^2 / sum sd^2) over the pooled brain voxels (metrics docstring): a constant error of 0.1 and
+    sd 0.05 give 2; two subjects pool by voxel count, not by subject; voxels outside the mask do not count."""
+    ref = np.full((6, 6, 6), 0.5)
+    mask = np.zeros(ref.shape, bool)
+    mask[1:5, 1:5, 1:5] = True
+    est = np.where(mask, ref + 0.1, 0.9)  # outside the mask the error is 0.4: not counted
+    a = metrics.calibration_sums(ref, est, np.full(ref.shape, 0.05), mask)
+    assert a["voxels"] == 64 and a["sum_sq_error"] == pytest.approx(64 * 0.01)
+    assert metrics.sd_scale([a]) == pytest.approx(2.0)
+    small = np.zeros(ref.shape, bool)
+    small[2, 2, 2] = True  # one voxel, error 0.3 and sd 0.05
+    b = metrics.calibration_sums(ref, ref + 0.3, np.full(ref.shape, 0.05), small)
+    expected = np.sqrt((64 * 0.01 + 0.09) / (65 * 0.05 ** 2))
+    assert metrics.sd_scale([a, b]) == pytest.approx(expected)
+    # a calibrated map (errors drawn with the predicted sd) needs no scaling
+    rng = np.random.default_rng(1)
+    sd = rng.uniform(0.01, 0.05, size=(24, 24, 24))
+    ref = np.full(sd.shape, 0.5)
+    drawn = metrics.calibration_sums(ref, ref + sd * rng.standard_normal(sd.shape), sd, np.ones(sd.shape, bool))
+    assert metrics.sd_scale([drawn]) == pytest.approx(1.0, abs=0.02)
+    with pytest.raises(ValueError, match="zero in every brain voxel"):
+        metrics.sd_scale([metrics.calibration_sums(ref, ref, np.zeros(sd.shape), np.ones(sd.shape, bool))])
+
+
+def test_fit_sd_scale_then_scale_sd_make_the_validation_maps_rms_match_their_error(tmp_path):
+    """The workflow's two steps: the scale fitted on validation files, then a map multiplied by it; a scale file
+    that is not one fails with its path, and nothing is written."""
+    import json
+
+    from mrisr.io import InputError, load_volume, save_volume
+    from mrisr.pipeline import fit_sd_scale, scale_sd
+
+    rng = np.random.default_rng(2)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    files = {k: [] for k in ("hr", "mask", "sr", "sd")}
+    for k in range(2):
+        hr = rng.uniform(0.2, 0.8, size=(10, 11, 12))
+        mask = np.zeros(hr.shape)
+        mask[2:8, 2:9, 2:10] = 1
+        sd = rng.uniform(0.01, 0.03, size=hr.shape)
+        sr = hr + 3 * sd * rng.standard_normal(hr.shape)  # errors three times the sd
+        for key, vol in zip(files, (hr, mask, sr, sd)):
+            files[key].append(str(tmp_path / f"{key}{k}.nii.gz"))
+            save_volume(files[key][-1], vol, affine)
+    out = tmp_path / "calibration" / "sd_scale.json"
+    fit_sd_scale(["v0", "v1"], files["hr"], files["mask"], files["sr"], files["sd"], {"n_samples": 3}, str(out))
+    record = json.loads(out.read_text())
+    assert record["scale"] == pytest.approx(3.0, rel=0.05) and sorted(record["subjects"]) == ["v0", "v1"]
+    assert record["scale"] == pytest.approx(record["rms_error"] / record["rms_sd"])
+    assert record["sampling"] == {"n_samples": 3} and record["voxels"] == 2 * 6 * 7 * 8
+    scale_sd(files["sd"][0], str(out), str(tmp_path / "scaled.nii.gz"))
+    scaled, scaled_affine = load_volume(tmp_path / "scaled.nii.gz")
+    np.testing.assert_allclose(scaled, load_volume(files["sd"][0])[0] * record["scale"], rtol=1e-6)
+    np.testing.assert_array_equal(scaled_affine, affine)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"scale": -1}))
+    with pytest.raises(InputError, match=f"{bad}: the sd scale must be a positive number"):
+        scale_sd(files["sd"][0], str(bad), str(tmp_path / "never.nii.gz"))
+    assert not (tmp_path / "never.nii.gz").exists()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="not an sd scale file"):
+        scale_sd(files["sd"][0], str(bad), str(tmp_path / "never.nii.gz"))
+
+
 def test_ssim_with_a_partial_mask_against_a_hand_computation():
     """Wang et al. 2004, eq. 13, with Gaussian-weighted population statistics (sigma 1.5, 3.5 sigma wide as
     skimage's window), the map over the whole volume, averaged over the masked voxels only."""

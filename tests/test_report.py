@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import shutil
@@ -370,8 +371,12 @@ def built_report(tmp_path_factory):
     from mrisr.data.splits import write_splits
 
     write_splits(root / "splits.tsv", {s: "test" for s in subjects} | {"t1": "train", "v1": "val"})
+    sd_scale = root / "calibration" / "sd_scale.json"
+    sd_scale.parent.mkdir()
+    sd_scale.write_text(json.dumps({"scale": 1.5, "rms_error": 0.03, "rms_sd": 0.02, "subjects": {"v1": {}}}))
     inputs = build.ReportInputs(metrics=str(root / "metrics.tsv"), splits=str(root / "splits.tsv"), config=config,
-                                train_logs=logs, benchmarks=benches, slices=slice_files, calibration=calibration)
+                                train_logs=logs, benchmarks=benches, slices=slice_files, calibration=calibration,
+                                sd_scale=str(sd_scale))
     build.build_report(inputs, build.ReportOutputs(**outputs))
     return root, outputs
 
@@ -416,6 +421,10 @@ def test_report_page_contents(built_report):
     assert bins == [["1", "0.0100", "0.0274", "2.74"], ["2", "0.0200", "0.0548", "2.74"],
                     ["3", "0.0300", "0.0822", "2.74"]]
     assert "most uncertain bin is 3.0× that in the least uncertain" in html
+    # calibrated on the validation subject v1; the test bins' RMS sd / RMS error is 1 / 2.74
+    assert "multiplied by s = 1.50" in html and "fitted on 1 validation subject super-resolved" in html
+    assert "RMS error of SR was 0.0300 and the samples' RMS sd 0.0200" in html
+    assert "On the test subjects RMS(sd) / RMS(error) = <b>0.37</b>" in html
     assert "<script" not in html and "http://" not in html and "https://" not in html.replace(
         "https://s3.amazonaws.com", ""), "self-contained: nothing is fetched"
     cost = tables_["cost-train_stage"]["rows"]
@@ -434,6 +443,13 @@ def test_page_number_formatting():
 def test_uncertainty_section_without_samples_says_how_to_get_one():
     html = page.uncertainty_section(None, None, {"n_samples": 1}, 0)
     assert "n_samples = 1" in html and "sd.nii.gz" in html and "<img" not in html
+
+
+def test_uncertainty_section_of_an_uncalibrated_map_says_so():
+    pooled = {"sd": [0.01, 0.02], "rmse": [0.02, 0.04], "mae": [0.015, 0.03], "voxels": [10, 10]}
+    html = page.uncertainty_section(pooled, b"png", {"n_samples": 3, "estimate": "posterior_mean"}, 2)
+    assert "sampling.calibration_subjects: 0" in html and "σ-scaling" not in html
+    assert "RMS(sd) / RMS(error) = <b>0.50</b>" in html
 
 
 def test_training_cost_takes_its_peak_memory_from_the_train_log():

@@ -72,6 +72,18 @@ def test_config_typo_is_a_clear_error(tmp_path):
         run_snakemake(tmp_path, "-n", config=bad)
 
 
+def test_sd_calibration_can_be_turned_off(tmp_path):
+    """sampling.calibration_subjects: 0 plans no validation inference and writes the samples' sd as sd.nii.gz."""
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump(tiny | {"sampling": tiny["sampling"] | {"calibration_subjects": 0}}))
+    plan = run_snakemake(tmp_path / "run", "-n", config=off)
+    counts = job_counts(plan.stdout + plan.stderr)
+    assert counts["super_resolve"] == 1 and counts["evaluate"] == 1
+    assert not {"super_resolve_val", "fit_sd_scale", "scale_sd"} & set(counts)
+    assert "sd_uncalibrated" not in plan.stdout + plan.stderr and "sd.nii.gz" in plan.stdout + plan.stderr
+
+
 def test_end_to_end_outputs(tiny_run):
     check_tiny_outputs(tiny_run)
 
@@ -89,6 +101,7 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts == {
         "make_lr": 4, "cache_stage": 6, "train_stage": 2, "super_resolve": 1, "baseline": 1,
+        "super_resolve_val": 1, "fit_sd_scale": 1, "scale_sd": 1,
         "evaluate": 1, "collect_metrics": 1, "plot_slices": 1, "report": 1, "all": 1,
     }
     assert hr_file.stat().st_mtime_ns == hr_mtime, "upstream outputs are not rewritten"

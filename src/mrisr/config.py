@@ -118,6 +118,7 @@ class SamplingOptions:
     variance: Variance
     data_consistency: int
     seed: int
+    calibration_subjects: int
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "SamplingOptions":

@@ -18,6 +18,16 @@ metrics use ``DATA_RANGE`` = 1 and both volumes are clipped to [0, 1] first.
   Laplacian of a Gaussian of sigma 1.5 voxels (``scipy.ndimage.gaussian_laplace``,
   truncated at 4 sigma) applied to the whole volume, the norms taken over brain
   voxels. Lower is better; 0 is a perfect edge-and-texture match.
+- Calibration of an sd map (``calibration_sums``, ``sd_scale``): an sd map is
+  calibrated for the estimate it comes with when, over the brain voxels,
+  RMS(sd) = RMS(estimate - reference). σ-scaling (after Laves et al. 2020,
+  "Well-calibrated regression uncertainty in medical imaging with deep
+  learning", MIDL) multiplies the map by one scale s fitted on validation
+  subjects. Laves et al. fit s by the Gaussian likelihood,
+  s^2 = mean(err^2 / sd^2), which weights each voxel by 1 / sd^2 and so is
+  ruled by the voxels whose few samples happened to agree; here s matches the
+  root mean squares, s = sqrt(sum err^2 / sum sd^2), the ratio the
+  calibration is judged by.
 """
 
 from __future__ import annotations
@@ -129,6 +139,28 @@ def error_vs_uncertainty(
             "voxels": int(len(chunk)),
         })
     return rows
+
+
+def calibration_sums(
+    reference: np.ndarray, estimate: np.ndarray, sd: np.ndarray, mask: np.ndarray
+) -> dict[str, float]:
+    """Sums over the brain voxels that σ-scaling pools across subjects: squared error, squared sd, count."""
+    ref, est, mask = _prepare(reference, estimate, mask)
+    if sd.shape != mask.shape:
+        raise ValueError(f"shapes differ: sd {sd.shape}, mask {mask.shape}")
+    err, s = (est - ref)[mask], sd[mask].astype(np.float64)
+    return {"sum_sq_error": float(np.sum(err ** 2)), "sum_sq_sd": float(np.sum(s ** 2)), "voxels": int(mask.sum())}
+
+
+def sd_scale(sums: Sequence[Mapping[str, float]]) -> float:
+    """σ-scaling's factor from pooled ``calibration_sums``: s = sqrt(sum err^2 / sum sd^2) (module docstring).
+
+    Multiplying the sd map by s makes RMS(s sd) = RMS(error) over the voxels the sums came from.
+    """
+    sq_error, sq_sd = sum(t["sum_sq_error"] for t in sums), sum(t["sum_sq_sd"] for t in sums)
+    if not sq_sd > 0:
+        raise ValueError("the sd maps are zero in every brain voxel: nothing to scale (are the samples identical?)")
+    return float(np.sqrt(sq_error / sq_sd))
 
 
 def write_metrics(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:

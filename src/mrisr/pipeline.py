@@ -7,7 +7,9 @@ atomically (``io.save_volume`` / ``io.atomic_path``).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -22,7 +24,10 @@ from mrisr.data.protocol import Acquisition, acquired_lr, aligned_box, box_start
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.sources import fetch_subject
 from mrisr.data.splits import split_subjects, write_splits
-from mrisr.io import check_contrast, check_same_grid, crop_or_pad, load_volume, save_volume, voxel_sizes, write_tsv
+from mrisr.io import (
+    InputError, atomic_path, check_contrast, check_same_grid, crop_or_pad, load_volume, save_volume, voxel_sizes,
+    write_tsv,
+)
 
 if TYPE_CHECKING:  # imported where used: a job imports torch only if it trains or samples
     from mrisr.report import ReportInputs, ReportOutputs
@@ -229,6 +234,65 @@ def evaluate(
                   [[subject, k, f"{r['sd']:.6g}", f"{r['rmse']:.6g}", f"{r['mae']:.6g}", r["voxels"]]
                    for k, r in enumerate(table)])
     metrics.write_metrics(out_path, rows)
+
+
+def fit_sd_scale(
+    subjects: Sequence[str], hr_paths: Sequence[str], mask_paths: Sequence[str], sr_paths: Sequence[str],
+    sd_paths: Sequence[str], sampling: Mapping[str, Any], out_path: str,
+) -> None:
+    """σ-scaling of the sd map, fitted on validation subjects (``metrics.sd_scale``).
+
+    Each subject's SR (the configured estimate) and sd map, drawn exactly as the
+    test subjects' are, are compared with its HR inside the brain mask; the
+    scale s = sqrt(sum err^2 / sum sd^2) pooled over all their brain voxels is
+    written as JSON with each subject's RMS error and RMS sd, and the sampling
+    it holds for (``scale_sd`` multiplies a test subject's map by it).
+    """
+    if not (len(subjects) == len(hr_paths) == len(mask_paths) == len(sr_paths) == len(sd_paths)) or not subjects:
+        raise ValueError("fit_sd_scale needs one HR, mask, SR and sd file per subject, and at least one subject")
+    per_subject, sums = {}, []
+    for subject, hr_path, mask_path, sr_path, sd_path in zip(subjects, hr_paths, mask_paths, sr_paths, sd_paths):
+        hr, hr_affine = load_volume(hr_path)
+        mask, _ = load_volume(mask_path)
+        sr, sr_affine = load_volume(sr_path)
+        sd, sd_affine = load_volume(sd_path)
+        check_same_grid(sr, sr_affine, sr_path, hr, hr_affine, hr_path)
+        check_same_grid(sd, sd_affine, sd_path, hr, hr_affine, hr_path)
+        t = metrics.calibration_sums(hr, sr, sd, mask > 0)
+        sums.append(t)
+        per_subject[subject] = {"rms_error": (t["sum_sq_error"] / t["voxels"]) ** 0.5,
+                                "rms_sd": (t["sum_sq_sd"] / t["voxels"]) ** 0.5, "voxels": t["voxels"]}
+    scale = metrics.sd_scale(sums)
+    voxels = sum(t["voxels"] for t in sums)
+    record = {
+        "method": "sigma_scaling", "scale": scale, "fitted_on": "validation",
+        "rms_error": (sum(t["sum_sq_error"] for t in sums) / voxels) ** 0.5,
+        "rms_sd": (sum(t["sum_sq_sd"] for t in sums) / voxels) ** 0.5,
+        "voxels": voxels, "subjects": per_subject, "sampling": dict(sampling),
+    }
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    log.info("sd scale %.4f from %d validation subject(s), %d brain voxels: RMS error %.5f, RMS sd %.5f",
+             scale, len(subjects), voxels, record["rms_error"], record["rms_sd"])
+
+
+def read_sd_scale(path: str | Path) -> float:
+    """The scale of a ``fit_sd_scale`` file, checked."""
+    try:
+        scale = json.loads(Path(path).read_text())["scale"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: not an sd scale file ({err})") from err
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise InputError(f"{path}: the sd scale must be a positive number, not {scale!r}")
+    return float(scale)
+
+
+def scale_sd(sd_path: str, scale_path: str, out_path: str) -> None:
+    """A test subject's calibrated sd map: its samples' sd times the validation-fitted scale (``fit_sd_scale``)."""
+    scale = read_sd_scale(scale_path)
+    sd, affine = load_volume(sd_path)
+    save_volume(out_path, (sd * scale).astype(np.float32), affine)
+    log.info("%s -> %s: sd times %.4f (%s)", sd_path, out_path, scale, scale_path)
 
 
 def collect_metrics(paths: Sequence[str], out_path: str) -> None:

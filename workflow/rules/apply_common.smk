@@ -68,7 +68,7 @@ def held_out_files(wildcards):
              "sr": SR_OUTPUTS["sr"].format(subject=subject),
              "mask": rules.skullstrip.output.mask.format(subject=subject)}
     if "sd" in SR_OUTPUTS:
-        files["sd"] = SR_OUTPUTS["sd"].format(subject=subject)
+        files["sd"] = SD_MAP.format(subject=subject)
     return files
 
 

@@ -61,7 +61,8 @@ def canonical(value):
 MODEL_CONFIG = canonical(model_config(config))
 # Validated once here, so a bad combination fails before any job runs.
 check_combinations(config["diffusion"], config["sampling"])  # stops the run before any job, with the reason
-SAMPLING = canonical(SamplingOptions.from_mapping(config["sampling"]).to_dict())
+SAMPLING_OPTIONS = SamplingOptions.from_mapping(config["sampling"])
+SAMPLING = canonical(SAMPLING_OPTIONS.to_dict())
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.
 COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
@@ -74,9 +75,16 @@ SR_OUTPUTS = {
 }
 # Per-subject metrics, and the error-versus-uncertainty table with an sd map.
 EVAL_OUTPUTS = {"tsv": "results/metrics/{subject}.tsv"}
-if config["sampling"]["n_samples"] > 1:
-    SR_OUTPUTS["sd"] = "results/sr/{subject}/sd.nii.gz"
+# The sd map a test subject gets (sd.nii.gz). With sampling.calibration_subjects
+# the samples' sd is written as sd_uncalibrated.nii.gz and scaled by one factor
+# fitted on that many validation subjects (rules super_resolve_val, fit_sd_scale,
+# scale_sd; sigma-scaling, metrics.sd_scale); otherwise it is the map itself.
+SD_MAP = "results/sr/{subject}/sd.nii.gz"
+CALIBRATION_SUBJECTS = []
+if SAMPLING_OPTIONS.n_samples > 1:
     EVAL_OUTPUTS["calibration"] = "results/metrics/{subject}_calibration.tsv"
+    CALIBRATION_SUBJECTS = VAL_SUBJECTS[: SAMPLING_OPTIONS.calibration_subjects]  # a split has one at least
+    SR_OUTPUTS["sd"] = "results/sr/{subject}/sd_uncalibrated.nii.gz" if CALIBRATION_SUBJECTS else SD_MAP
 
 
 # The source's ID grammar rather than the list of IDs: with a 1,113-way
@@ -164,7 +172,7 @@ def uncertainty_input(wildcards):
     """The SR samples' sd map, when several samples are drawn."""
     if "sd" not in SR_OUTPUTS:
         return {}
-    return {"sd": SR_OUTPUTS["sd"].format(subject=wildcards.subject)}
+    return {"sd": SD_MAP.format(subject=wildcards.subject)}
 
 
 def cost_benchmarks(wildcards):

@@ -1,4 +1,5 @@
-# super_resolve: the cascade applied to a test subject; baseline: spline interpolation.
+# super_resolve: the cascade applied to a test subject; baseline: spline interpolation;
+# with several samples, the sd map's calibration on validation subjects.
 
 
 rule super_resolve:
@@ -60,3 +61,65 @@ rule super_resolve_compare:
         "../../envs/mrisr.yaml"
     script:
         "../scripts/super_resolve.py"
+
+
+if CALIBRATION_SUBJECTS:
+
+    # A validation subject super-resolved exactly as a test subject is; only the
+    # sd map's calibration reads it (sampling.calibration_subjects).
+    rule super_resolve_val:
+        input:
+            lr=subject_lr,
+            checkpoints=all_checkpoints,
+        output:
+            sr="results/calibration/{subject}/sr.nii.gz",
+            stages=expand("results/calibration/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
+            sd="results/calibration/{subject}/sd_uncalibrated.nii.gz",
+        params:
+            sampling=SAMPLING,
+            device=config["device"],
+        log:
+            "results/logs/super_resolve_val/{subject}.log",
+        benchmark:
+            "results/benchmarks/super_resolve_val/{subject}.tsv"
+        resources:
+            mem_mb=4000,
+        conda:
+            "../../envs/mrisr.yaml"
+        script:
+            "../scripts/super_resolve.py"
+
+    # One scale for the sd maps: RMS error over RMS sd in the validation subjects' brains.
+    rule fit_sd_scale:
+        localrule: True
+        input:
+            hr=expand(rules.skullstrip.output.t1, subject=CALIBRATION_SUBJECTS),
+            mask=expand(rules.skullstrip.output.mask, subject=CALIBRATION_SUBJECTS),
+            sr=expand(rules.super_resolve_val.output.sr, subject=CALIBRATION_SUBJECTS),
+            sd=expand(rules.super_resolve_val.output.sd, subject=CALIBRATION_SUBJECTS),
+        output:
+            json="results/calibration/sd_scale.json",
+        params:
+            subjects=CALIBRATION_SUBJECTS,
+            sampling=SAMPLING,
+        log:
+            "results/logs/fit_sd_scale.log",
+        conda:
+            "../../envs/mrisr.yaml"
+        script:
+            "../scripts/fit_sd_scale.py"
+
+    # A test subject's calibrated sd map (seconds of work).
+    rule scale_sd:
+        localrule: True
+        input:
+            sd=SR_OUTPUTS["sd"],
+            scale=rules.fit_sd_scale.output.json,
+        output:
+            sd=SD_MAP,
+        log:
+            "results/logs/scale_sd/{subject}.log",
+        conda:
+            "../../envs/mrisr.yaml"
+        script:
+            "../scripts/scale_sd.py"

@@ -249,7 +249,8 @@ def models_section(models: Sequence[Mapping], summaries: Sequence[MethodSummary]
 
 
 def uncertainty_section(
-    pooled: Mapping[str, Sequence[float]] | None, png: bytes | None, sampling: Mapping, n_subjects: int
+    pooled: Mapping[str, Sequence[float]] | None, png: bytes | None, sampling: Mapping, n_subjects: int,
+    sd_scale: Mapping | None = None,
 ) -> str:
     head = '<h2 id="uncertainty">Uncertainty</h2>'
     n = int(sampling.get("n_samples", 1))
@@ -264,25 +265,41 @@ def uncertainty_section(
     ratio = pooled["rmse"][-1] / pooled["rmse"][0] if pooled["rmse"][0] > 0 else float("nan")
     # bins hold equal counts, so the mean of the bins' squared errors is the overall mean squared error
     rms_sd = math.sqrt(sum(v * v for v in pooled["sd"]) / len(pooled["sd"]))
-    spread = math.sqrt(sum(e * e for e in pooled["rmse"]) / len(pooled["rmse"])) / rms_sd if rms_sd > 0 else None
+    rms_error = math.sqrt(sum(e * e for e in pooled["rmse"]) / len(pooled["rmse"]))
     rows = [[f"{k + 1}", num(sd, 4), num(err, 4), num(err / sd if sd > 0 else None, 2)]
             for k, (sd, err) in enumerate(zip(pooled["sd"], pooled["rmse"]))]
     return "".join([
         head,
-        f"<p>Per voxel, the standard deviation of {n} samples (<code>sd.nii.gz</code>) against the error of SR, "
+        f"<p>Per voxel, the sd map (<code>sd.nii.gz</code>, from {n} samples) against the error of SR, "
         f"{esc(what)}, inside the brain mask of {n_subjects} test subject{'s' if n_subjects != 1 else ''}. "
         f"Voxels are sorted by predicted sd into bins of equal count. The error in the most uncertain bin is "
         f"{fmt(ratio, 1)}× that in the least uncertain one. On the diagonal, errors are as large as the sd "
-        "predicts: points above it are over-confident; the mean of N samples has an expected squared error of "
-        "(1 + 1/N) times the posterior variance, so a calibrated model sits slightly above it. "
-        f"Over all bins the RMS error is about {fmt(spread, 1)}× the RMS predicted sd. Part of any error against "
-        "the HR is the HR's own noise, which no model can predict and no sd map of the anatomy explains; on the "
-        "demo, whose noise-free volumes are known, <code>benchmarks/hr_noise.py</code> measures that part "
-        "(docs/benchmarks.md).</p>",
+        "predicts; points above it are over-confident.</p>",
+        _calibration_text(sd_scale, rms_sd, rms_error),
         figure(data_uri(png, "image/png"), "binned error against predicted sd",
                "RMS error of SR against the mean predicted sd per bin; thin lines are single subjects."),
         table(["bin", "mean predicted sd", "RMS error", "error / sd"], rows, "uncertainty-bins"),
     ])
+
+
+def _calibration_text(sd_scale: Mapping | None, rms_sd: float, rms_error: float) -> str:
+    """How the sd map was calibrated, and how well it holds on the test subjects."""
+    held_out = rms_sd / rms_error if rms_error > 0 else None
+    if sd_scale is None:
+        how = ("The map is the samples' standard deviation as drawn (<code>sampling.calibration_subjects: 0</code>): "
+               "a few samples of a briefly trained model spread less than their error, and the mean of N samples "
+               "has an expected squared error of (1 + 1/N) times the posterior variance.")
+    else:
+        k = len(sd_scale.get("subjects", {}))
+        how = (f"The samples' standard deviation is multiplied by s = {fmt(sd_scale['scale'], 2)} (σ-scaling, after "
+               f"Laves et al. 2020), fitted on {k} validation subject{'s' if k != 1 else ''} super-resolved exactly "
+               f"as the test subjects are: there the RMS error of SR was {fmt(sd_scale['rms_error'], 4)} and the "
+               f"samples' RMS sd {fmt(sd_scale['rms_sd'], 4)} (<code>calibration/sd_scale.json</code>). "
+               "Nothing is fitted on the test subjects, so the figure below is a held-out check.")
+    return (f"<p>{how} On the test subjects RMS(sd) / RMS(error) = <b>{fmt(held_out, 2)}</b> "
+            "(1 = calibrated; below 1 the map is over-confident). Part of any error against the HR is the HR's own "
+            "noise, which no model can predict and no sd map of the anatomy explains; on the demo, whose noise-free "
+            "volumes are known, <code>benchmarks/hr_noise.py</code> measures that part (docs/benchmarks.md).</p>")
 
 
 def schedule_section(

@@ -1,0 +1,15 @@
+from _adapter import run_stage
+
+from mrisr.pipeline import fit_sd_scale
+
+run_stage(
+    snakemake,
+    fit_sd_scale,
+    subjects=list(snakemake.params.subjects),
+    hr_paths=list(snakemake.input.hr),
+    mask_paths=list(snakemake.input.mask),
+    sr_paths=list(snakemake.input.sr),
+    sd_paths=list(snakemake.input.sd),
+    sampling=snakemake.params.sampling,
+    out_path=snakemake.output.json,
+)
