@@ -1,8 +1,9 @@
 """Apply mode's time per scan on demo-sized scans, with the demo's trained model.
 
-1. Trains the demo's model in WORKDIR if it is not there yet
-   (``snakemake results/models/stage1/checkpoint.pt`` with config/config.yaml:
-   2 mm demo subjects, one x2 stage, so its training LR is 4 mm).
+1. Trains the demo's model in WORKDIR if it is not there yet, and fits its sd
+   maps' scale on the validation subject (``snakemake
+   results/models/stage1/checkpoint.pt results/calibration/sd_scale.json`` with
+   config/config.yaml: 2 mm demo subjects, one x2 stage, so its training LR is 4 mm).
 2. Writes a BIDS dataset of whole-head demo scans at 4 mm that the model never
    saw (``mrisr demo-bids``: --subjects subjects, every second with two sessions).
 3. Runs the README's apply command in WORKDIR (``--configfile config/config.yaml
@@ -49,8 +50,10 @@ def main() -> None:
     workdir = args.workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / "results" / "models" / "stage1" / "checkpoint.pt"
-    if not checkpoint.is_file():
-        snakemake(workdir, str(checkpoint.relative_to(workdir)), "--configfile", str(ROOT / "config" / "config.yaml"))
+    sd_scale = workdir / "results" / "calibration" / "sd_scale.json"  # apply_demo.yaml's apply.sd_scale
+    if not (checkpoint.is_file() and sd_scale.is_file()):
+        snakemake(workdir, str(checkpoint.relative_to(workdir)), str(sd_scale.relative_to(workdir)),
+                  "--configfile", str(ROOT / "config" / "config.yaml"))
     bids = workdir / "demo_bids"
     subprocess.run([sys.executable, "-m", "mrisr.cli", "demo-bids", str(bids), "--subjects", str(args.subjects)],
                    check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})

@@ -1,10 +1,13 @@
-"""The GPU check (benchmarks/gpu_check.sh) runs end to end: --smoke on the CPU, in seconds."""
+"""Benchmark scripts that run in seconds: the GPU check (--smoke on the CPU), the sd map calibration table."""
 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -27,3 +30,18 @@ def test_gpu_check_smoke_measures_every_section(tmp_path):
     assert float(rows["bf16", "relative_l2_vs_float32"]) >= 0
     for side in (16, 24):
         assert float(rows["inference", f"patch_{side}_batch_1_seconds"]) > 0
+
+
+def test_sd_calibration_table_of_the_tiny_run(tiny_run, tmp_path):
+    """benchmarks/sd_calibration.py: the validation row is calibrated by construction, the test row's ratio is
+    the calibrated map's RMS sd over RMS error, and the raw map is the calibrated one over the fitted scale."""
+    out = tmp_path / "sd_calibration.tsv"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "sd_calibration.py"), "--results",
+                    str(tiny_run / "results"), "--out", str(out)], check=True, capture_output=True)
+    with open(out, newline="") as fh:
+        rows = {r["split"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    scale = json.loads((tiny_run / "results" / "calibration" / "sd_scale.json").read_text())["scale"]
+    assert set(rows) == {"val", "test"} and float(rows["val"]["ratio"]) == pytest.approx(1.0, abs=1e-3)
+    test = rows["test"]
+    assert float(test["ratio"]) == pytest.approx(float(test["rms_sd"]) / float(test["rms_error"]), abs=2e-3)
+    assert float(test["rms_sd_raw"]) * scale == pytest.approx(float(test["rms_sd"]), rel=1e-3)

@@ -98,3 +98,14 @@ def test_cascade_x4_config_is_a_two_stage_x4_cascade_with_augmentation_compared_
     assert other["train"]["cond_augment"] == {"blur": 0.0, "noise": 0.0}
     assert {k: v for k, v in other["train"].items() if k != "cond_augment"} == \
         {k: v for k, v in main["train"].items() if k != "cond_augment"}
+
+
+def test_apply_demo_config_applies_the_demo_model_with_its_calibrated_sd():
+    """config/apply_demo.yaml: apply mode with the demo's checkpoint and the sd scale the demo run fits
+    (where workflow/rules/infer.smk writes it)."""
+    from mrisr.config import ApplySettings
+
+    settings = ApplySettings.from_mapping(merged("config.yaml", "apply_demo.yaml")["apply"])
+    assert settings.enabled and settings.checkpoints == ("results/models/stage1/checkpoint.pt",)
+    assert settings.sd_scale == "results/calibration/sd_scale.json"
+    assert f'json="{settings.sd_scale}"' in (REPO / "workflow" / "rules" / "infer.smk").read_text()

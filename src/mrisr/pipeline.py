@@ -25,8 +25,8 @@ from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.sources import fetch_subject
 from mrisr.data.splits import split_subjects, write_splits
 from mrisr.io import (
-    InputError, atomic_path, check_contrast, check_same_grid, crop_or_pad, load_volume, save_volume, voxel_sizes,
-    write_tsv,
+    InputError, atomic_path, check_contrast, check_same_grid, crop_or_pad, file_sha256, load_volume, save_volume,
+    voxel_sizes, write_tsv,
 )
 
 if TYPE_CHECKING:  # imported where used: a job imports torch only if it trains or samples
@@ -238,7 +238,7 @@ def evaluate(
 
 def fit_sd_scale(
     subjects: Sequence[str], hr_paths: Sequence[str], mask_paths: Sequence[str], sr_paths: Sequence[str],
-    sd_paths: Sequence[str], sampling: Mapping[str, Any], out_path: str,
+    sd_paths: Sequence[str], sampling: Mapping[str, Any], out_path: str, checkpoints: Sequence[str] = (),
 ) -> None:
     """σ-scaling of the sd map, fitted on validation subjects (``metrics.sd_scale``).
 
@@ -269,6 +269,7 @@ def fit_sd_scale(
         "rms_error": (sum(t["sum_sq_error"] for t in sums) / voxels) ** 0.5,
         "rms_sd": (sum(t["sum_sq_sd"] for t in sums) / voxels) ** 0.5,
         "voxels": voxels, "subjects": per_subject, "sampling": dict(sampling),
+        "checkpoints": [{"path": str(p), "sha256": file_sha256(p)} for p in checkpoints],
     }
     with atomic_path(out_path) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -285,6 +286,32 @@ def read_sd_scale(path: str | Path) -> float:
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise InputError(f"{path}: the sd scale must be a positive number, not {scale!r}")
     return float(scale)
+
+
+# The sampling settings an sd scale depends on: how spread the samples are, and what they are compared with.
+SD_SCALE_SAMPLING = ("method", "steps", "eta", "start_t", "n_samples", "estimate", "flip_ensemble", "variance",
+                     "data_consistency")
+
+
+def check_sd_scale(path: str | Path, sampling: SamplingOptions, checkpoints: Sequence[str]) -> float:
+    """The scale of a ``fit_sd_scale`` file, if it holds for this model and sampling; else an ``InputError``.
+
+    A scale is the ratio of one model's error to its samples' spread under one
+    sampler: with other checkpoints (by SHA-256) or other sampling settings
+    (``SD_SCALE_SAMPLING``) it means nothing.
+    """
+    scale = read_sd_scale(path)
+    record = json.loads(Path(path).read_text())
+    fitted, now = record.get("sampling", {}), sampling.to_dict()
+    differ = [f"{k} {fitted.get(k)!r} (now {now[k]!r})" for k in SD_SCALE_SAMPLING if fitted.get(k) != now[k]]
+    if differ:
+        raise InputError(f"{path}: fitted with other sampling settings: {', '.join(differ)}; "
+                         "a scale holds only for the sampling it was fitted with")
+    fitted_hashes = [c.get("sha256") for c in record.get("checkpoints", [])]
+    if fitted_hashes != [file_sha256(p) for p in checkpoints]:
+        raise InputError(f"{path}: fitted for other checkpoints than {', '.join(map(str, checkpoints))} "
+                         "(their SHA-256 differ); a scale holds only for the model it was fitted on")
+    return scale
 
 
 def scale_sd(sd_path: str, scale_path: str, out_path: str) -> None:

@@ -16,6 +16,10 @@ if APPLY.enabled:
 
     APPLY_MODEL = cascade_configs(APPLY.checkpoints)[0]
     check_combinations(APPLY_MODEL["diffusion"], config["sampling"])
+    if APPLY.sd_scale:  # a scale from another model or sampler stops the run here
+        from mrisr.pipeline import check_sd_scale
+
+        check_sd_scale(APPLY.sd_scale, SAMPLING_OPTIONS, APPLY.checkpoints)
 # The masked protocol needs the brain mask to normalise a scan; the acquisition protocol
 # does not, so a scan whose brain cannot be found is still super-resolved (whole head).
 APPLY_NEEDS_MASK = bool(APPLY_MODEL) and APPLY_MODEL["degrade"].get("protocol", "masked") == "masked"
@@ -47,10 +51,12 @@ def scan_raw_volumes(wildcards):
 
 
 def apply_inputs(wildcards):
-    """An apply job's scan and checkpoints, and its brain mask when the protocol needs one."""
+    """An apply job's scan and checkpoints, its brain mask when the protocol needs one, and the sd scale if given."""
     files = {"scan": rules.fetch.output.t1.format(subject=scan_subject(wildcards)), "checkpoints": list(APPLY.checkpoints)}
     if APPLY_NEEDS_MASK:
         files["mask"] = MASK_OUTPUTS["mask"].format(scan=wildcards.scan)
+    if APPLY.sd_scale and "sd" in DERIVATIVE_OUTPUTS:
+        files["sd_scale"] = APPLY.sd_scale
     return files
 
 
@@ -69,6 +75,8 @@ def held_out_files(wildcards):
              "mask": rules.skullstrip.output.mask.format(subject=subject)}
     if "sd" in SR_OUTPUTS:
         files["sd"] = SD_MAP.format(subject=subject)
+    if CALIBRATION_SUBJECTS:
+        files["sd_scale"] = rules.fit_sd_scale.output.json
     return files
 
 

@@ -97,6 +97,7 @@ if CALIBRATION_SUBJECTS:
             mask=expand(rules.skullstrip.output.mask, subject=CALIBRATION_SUBJECTS),
             sr=expand(rules.super_resolve_val.output.sr, subject=CALIBRATION_SUBJECTS),
             sd=expand(rules.super_resolve_val.output.sd, subject=CALIBRATION_SUBJECTS),
+            checkpoints=all_checkpoints,
         output:
             json="results/calibration/sd_scale.json",
         params:

@@ -12,4 +12,5 @@ run_stage(
     sd_paths=list(snakemake.input.sd),
     sampling=snakemake.params.sampling,
     out_path=snakemake.output.json,
+    checkpoints=list(snakemake.input.checkpoints),
 )
