@@ -4,7 +4,8 @@ Reads a results directory written by the workflow (hr/, lr/, splits.tsv and
 the stage checkpoints), super-resolves every test subject with each sampler
 variant, and appends one row per (variant, subject) to the output TSV:
 PSNR and SSIM in the brain mask, their gain over spline, network evaluations
-(NFE) and wall seconds.
+(NFE), wall seconds, and PSNR in the mask's interior (``metrics.interior``: eroded
+by 2 voxels) with its gain over spline.
 
     .venv/bin/python benchmarks/sampler_quality.py --results results \
         --variants ddim10 regression trunc300_5 --out benchmarks/results/sampler_quality.tsv
@@ -67,6 +68,11 @@ VARIANTS = {
                     "data_consistency": 3},
     "ddim10_eta1_n8flip": {"eta": 1.0, "n_samples": 8, "flip_ensemble": True},
     "pm_ddim10_eta1_n8flip": {"estimate": "posterior_mean", "eta": 1.0, "n_samples": 8, "flip_ensemble": True},
+    # truncated single posterior samples (eta = 1): start at t = T0 from q(x_T0 | x0 = condition), K DDIM
+    # steps down to 0 (K network evaluations); _n4: the mean of 4 such samples
+    **{f"trunc{t0}_{k}_eta1": {"start_t": t0, "steps": k, "eta": 1.0} for t0 in (50, 100, 200, 400) for k in (2, 5)},
+    **{f"trunc{t0}_{k}_eta1_n4": {"start_t": t0, "steps": k, "eta": 1.0, "n_samples": 4}
+       for t0 in (50, 100, 200, 400) for k in (2, 5)},
 }
 
 
@@ -117,7 +123,7 @@ def main() -> None:
     subjects = sorted(s for s, v in read_splits(res / "splits.tsv").items() if v == args.split)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = "label\tvariant\tsplit\tsubject\tcrop\tseed\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\n"
+    header = "label\tvariant\tsplit\tsubject\tcrop\tseed\tpsnr\tssim\tspline_psnr\tspline_ssim\tgain_db\tnfe\tseconds\tpsnr_interior\tspline_psnr_interior\tgain_interior_db\n"
     if not out.exists():
         out.write_text(header)
     elif out.open().readline() != header:
@@ -126,6 +132,8 @@ def main() -> None:
         hr, mask, lr = load_subject(res, subject, factor, args.crop)
         spline = np.clip(upsample(lr, factor, order), 0, 1)
         sp_psnr, sp_ssim = metrics.psnr_in_mask(hr, spline, mask), metrics.ssim_in_mask(hr, spline, mask)
+        inner = metrics.interior(mask)
+        sp_psnr_in = metrics.psnr_in_mask(hr, spline, inner)
         for name, seed in ((n, s) for n in args.variants for s in args.seeds):
             sampling = SamplingOptions.from_mapping({**BASE, **VARIANTS[name], "seed": seed})
             t0 = time.perf_counter()
@@ -133,10 +141,12 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             sr = outputs[-1].mean
             psnr, ssim = metrics.psnr_in_mask(hr, sr, mask), metrics.ssim_in_mask(hr, sr, mask)
+            psnr_in = metrics.psnr_in_mask(hr, sr, inner)
             steps = min(sampling.steps_run, sampling.start_t or sampling.steps_run)
             nfe = steps * sampling.n_samples * len(checkpoints)
             row = (f"{args.label}\t{name}\t{args.split}\t{subject}\t{args.crop}\t{seed}\t{psnr:.3f}\t{ssim:.4f}\t{sp_psnr:.3f}\t"
-                   f"{sp_ssim:.4f}\t{psnr - sp_psnr:+.3f}\t{nfe}\t{seconds:.1f}")
+                   f"{sp_ssim:.4f}\t{psnr - sp_psnr:+.3f}\t{nfe}\t{seconds:.1f}\t"
+                   f"{psnr_in:.3f}\t{sp_psnr_in:.3f}\t{psnr_in - sp_psnr_in:+.3f}")
             with open(out, "a") as fh:
                 fh.write(row + "\n")
             print(row, flush=True)

@@ -114,6 +114,8 @@ def test_sd_scale_multiplies_the_sd_map_and_is_refused_for_another_model_or_samp
     assert f"{scale}: fitted with other sampling settings: steps 2 (now 3)" in error(*sd, "--steps", "3")
     scale.write_text(json.dumps(record | {"checkpoints": [{"path": "stage1.pt", "sha256": "0" * 64}]}))
     assert f"{scale}: fitted for other checkpoints than {checkpoint}" in error(*sd)
+    scale.write_text(json.dumps({k: v for k, v in record.items() if k != "checkpoints"}))
+    assert f"{scale}: records no checkpoints" in error(*sd)
     scale.write_text(json.dumps(record | {"scale": 0}))
     assert f"{scale}: the sd scale must be a positive number, not 0" in error(*sd)
 

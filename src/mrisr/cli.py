@@ -70,11 +70,11 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
         raise InputError("--sd needs --n-samples of 2 or more")
     if args.sd_scale and not args.sd:
         raise InputError("--sd-scale calibrates the sd map: give --sd too")
-    scale = check_sd_scale(args.sd_scale, options, args.model) if args.sd_scale else 1.0
     for path in (args.output, args.sd):
         if path and not str(path).endswith((".nii", ".nii.gz")):
             raise InputError(f"{path}: output names must end in .nii or .nii.gz")
     cascade = Cascade.load(args.model, options, pick_device(args.device))
+    scale = check_sd_scale(args.sd_scale, options, args.model) if args.sd_scale else 1.0
     scan = Scan.load(args.input, args.mask, keep_head=cascade.protocol == "acquisition")
     out = apply_cascade(scan, cascade, options, args.percentile, log=log.info,
                         warn=lambda w: print(f"mrisr: warning: {w}", file=sys.stderr),

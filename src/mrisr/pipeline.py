@@ -307,7 +307,10 @@ def check_sd_scale(path: str | Path, sampling: SamplingOptions, checkpoints: Seq
     if differ:
         raise InputError(f"{path}: fitted with other sampling settings: {', '.join(differ)}; "
                          "a scale holds only for the sampling it was fitted with")
-    fitted_hashes = [c.get("sha256") for c in record.get("checkpoints", [])]
+    if not record.get("checkpoints"):
+        raise InputError(f"{path}: records no checkpoints, so it cannot be checked against these (written by an "
+                         "older mrisr?); fit it again: snakemake results/calibration/sd_scale.json")
+    fitted_hashes = [c.get("sha256") for c in record["checkpoints"]]
     if fitted_hashes != [file_sha256(p) for p in checkpoints]:
         raise InputError(f"{path}: fitted for other checkpoints than {', '.join(map(str, checkpoints))} "
                          "(their SHA-256 differ); a scale holds only for the model it was fitted on")
