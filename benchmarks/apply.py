@@ -2,7 +2,7 @@
 
 1. Trains the demo's model in WORKDIR if it is not there yet, and fits its sd
    maps' scale on the validation subject (``snakemake
-   results/models/stage1/checkpoint.pt results/calibration/sd_scale.json`` with
+   results/models/stage1/checkpoint.pt results/calibration/sd_calibration.json`` with
    config/config.yaml: 2 mm demo subjects, one x2 stage, so its training LR is 4 mm).
 2. Writes a BIDS dataset of whole-head demo scans at 4 mm that the model never
    saw (``mrisr demo-bids``: --subjects subjects, every second with two sessions).
@@ -50,9 +50,9 @@ def main() -> None:
     workdir = args.workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / "results" / "models" / "stage1" / "checkpoint.pt"
-    sd_scale = workdir / "results" / "calibration" / "sd_scale.json"  # apply_demo.yaml's apply.sd_scale
-    if not (checkpoint.is_file() and sd_scale.is_file()):
-        snakemake(workdir, str(checkpoint.relative_to(workdir)), str(sd_scale.relative_to(workdir)),
+    sd_calibration = workdir / "results" / "calibration" / "sd_calibration.json"  # apply_demo.yaml's apply.sd_calibration
+    if not (checkpoint.is_file() and sd_calibration.is_file()):
+        snakemake(workdir, str(checkpoint.relative_to(workdir)), str(sd_calibration.relative_to(workdir)),
                   "--configfile", str(ROOT / "config" / "config.yaml"))
     bids = workdir / "demo_bids"
     subprocess.run([sys.executable, "-m", "mrisr.cli", "demo-bids", str(bids), "--subjects", str(args.subjects)],

@@ -211,9 +211,10 @@ def check_tiny_outputs(workdir: Path) -> None:
     for stage in (1, 2):
         assert (res / "models" / f"stage{stage}" / "checkpoint.pt").stat().st_size > 0
         assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
-    scale = json.loads((res / "calibration" / "sd_scale.json").read_text())
+    scale = json.loads((res / "calibration" / "sd_calibration.json").read_text())
     assert sorted(scale["subjects"]) == sorted(s for s, v in splits.items() if v == "val")
-    assert scale["scale"] > 0 and scale["sampling"]["n_samples"] == 2
+    assert scale["scale"] > 0 and scale["floor"] >= 0 and scale["sampling"]["n_samples"] == 2
+    assert scale["method"] == "floor_scale"
     assert (res / "calibration" / list(scale["subjects"])[0] / "sd_uncalibrated.nii.gz").exists()
     for subject in test_subjects:
         hr = nib.load(res / "hr" / subject / "T1w.nii.gz")
@@ -225,9 +226,10 @@ def check_tiny_outputs(workdir: Path) -> None:
         np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
         sd = nib.load(res / "sr" / subject / "sd.nii.gz")  # n_samples: 2 in the tiny config
         assert sd.shape == hr.shape and sd.get_fdata().max() > 0
-        # the samples' sd times the scale fitted on the validation subject (never on a test one)
+        # the samples' sd through the calibration fitted on the validation subject (never on a test one)
         raw = nib.load(res / "sr" / subject / "sd_uncalibrated.nii.gz")
-        np.testing.assert_allclose(sd.get_fdata(), raw.get_fdata() * scale["scale"], rtol=1e-5, atol=1e-7)
+        expected = np.sqrt(scale["floor"] ** 2 + (scale["scale"] * raw.get_fdata()) ** 2)
+        np.testing.assert_allclose(sd.get_fdata(), expected, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(sd.affine, raw.affine)
         with open(res / "metrics" / f"{subject}_calibration.tsv", newline="") as fh:
             bins = list(csv.DictReader(fh, delimiter="\t"))
@@ -239,7 +241,7 @@ def check_tiny_outputs(workdir: Path) -> None:
         assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
     html = (res / "report" / "index.html").read_text()
     assert "PSNR" in html and "data range = 1" in html and html.count("data:image/png;base64,") >= 2
-    assert "σ-scaling" in html and "RMS(sd) / RMS(error)" in html
+    assert "calibration/sd_calibration.json" in html and "RMS(sd) / RMS(error)" in html
     assert not list(res.rglob(".*.nii.gz.*")), "no temporary files left behind"
     assert not list(res.rglob("resume.pt")), "resume checkpoints are deleted once a stage is trained"
 

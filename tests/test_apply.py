@@ -110,8 +110,8 @@ def test_apply_settings():
         ApplySettings.from_mapping({"checkpoints": ["a.pt"], "test_derivatives": True})
     with pytest.raises(ConfigError, match="apply.qc_panels"):
         ApplySettings.from_mapping({"qc_panels": -1})
-    with pytest.raises(ConfigError, match="apply.sd_scale: calibrates apply mode's sd maps; set apply.checkpoints"):
-        ApplySettings.from_mapping({"sd_scale": "results/calibration/sd_scale.json"})
+    with pytest.raises(ConfigError, match="apply.sd_calibration: calibrates apply mode's sd maps; set apply.checkpoints"):
+        ApplySettings.from_mapping({"sd_calibration": "results/calibration/sd_calibration.json"})
 
 
 # --- the workflow in apply mode ------------------------------------------------------------
@@ -337,20 +337,22 @@ def test_a_training_runs_test_subjects_become_derivatives_with_one_flag(trained)
         assert sidecar["Sources"] == [f"mrisr:demo/{subject}?seed=0&voxel_size_mm=4.0"]
         assert "normalised intensity scale" in sidecar["Description"] and sidecar["ScaleFactor"] == 2
         # the sd map the training run calibrated on its validation subject, and its sidecar says so
-        scale = json.loads((workdir / "results" / "calibration" / "sd_scale.json").read_text())["scale"]
+        fitted = json.loads((workdir / "results" / "calibration" / "sd_calibration.json").read_text())
         sd_sidecar = json.loads(derivative(workdir, stem, "sd", "T1w", ".json").read_text())
-        assert sd_sidecar["SdScale"] == pytest.approx(scale) and "sigma-scaling" in sd_sidecar["SdCalibration"]
+        assert sd_sidecar["SdCalibrationScale"] == pytest.approx(fitted["scale"])
+        assert sd_sidecar["SdCalibrationFloor"] == pytest.approx(fitted["floor"])
+        assert "fitted on the training run's validation subjects" in sd_sidecar["SdCalibration"]
 
 
 @pytest.mark.slow
-def test_apply_mode_calibrates_sd_maps_with_the_training_runs_scale_and_no_other(trained, tmp_path):
-    """apply.sd_scale: the sd map is the samples' sd times the scale; a scale from other sampling settings or
-    another model stops the run before any job, naming the file."""
+def test_apply_mode_calibrates_sd_maps_as_the_training_run_did_and_no_other_way(trained, tmp_path):
+    """apply.sd_calibration: the sd map is the samples' sd through the training run's calibration; one fitted with
+    other sampling settings or for another model stops the run before any job, naming the file."""
     from mrisr.config import SamplingOptions
     from mrisr.derivatives import ApplyFiles, apply_scan
 
     workdir, config = trained
-    scale_file = workdir / "results" / "calibration" / "sd_scale.json"
+    scale_file = workdir / "results" / "calibration" / "sd_calibration.json"
     run_snakemake(workdir, str(scale_file.relative_to(workdir)), config=config)
     record = json.loads(scale_file.read_text())
     checkpoint = str(workdir / "results" / "models" / "stage1" / "checkpoint.pt")
@@ -360,17 +362,20 @@ def test_apply_mode_calibrates_sd_maps_with_the_training_runs_scale_and_no_other
     sds = {}
     for name, scale in (("raw", None), ("calibrated", str(scale_file))):
         files = ApplyFiles(scan=str(scan), sr=str(tmp_path / f"{name}_sr.nii.gz"), sd=str(tmp_path / f"{name}.nii.gz"),
-                           sd_scale=scale)
+                           sd_calibration=scale)
         apply_scan(files, [checkpoint], sampling, sources=["bids:raw:scan.nii.gz"], device="cpu")
         sds[name] = np.asarray(nib.load(files.sd).dataobj)
-    np.testing.assert_allclose(sds["calibrated"], sds["raw"] * record["scale"], rtol=1e-5, atol=1e-6)
+    expected = np.sqrt(record["floor"] ** 2 + (record["scale"] * sds["raw"].astype(np.float64)) ** 2)
+    np.testing.assert_allclose(sds["calibrated"], expected, rtol=1e-5, atol=1e-6)
     sidecar = json.loads((tmp_path / "calibrated.json").read_text())
-    assert sidecar["SdScale"] == pytest.approx(record["scale"]) and sidecar["SdScaleFile"]["Path"] == str(scale_file)
+    assert sidecar["SdCalibrationScale"] == pytest.approx(record["scale"])
+    assert sidecar["SdCalibrationFile"]["Path"] == str(scale_file)
     assert json.loads((tmp_path / "raw.json").read_text())["SdCalibration"].startswith("none")
 
     bids = tmp_path / "bids"
     write_demo_bids(bids, n_subjects=1, voxel_size_mm=4.0, seed=3)
-    apply = {"checkpoints": ["results/models/stage1/checkpoint.pt"], "sd_scale": "results/calibration/sd_scale.json"}
+    apply = {"checkpoints": ["results/models/stage1/checkpoint.pt"],
+             "sd_calibration": "results/calibration/sd_calibration.json"}
     plan = run_snakemake(workdir, "-n", config=tiny_config(
         tmp_path / "ok.yaml", source="local", local={"bids_root": str(bids)}, apply=apply))
     assert job_counts(plan.stdout + plan.stderr)["apply_scan"] == 1
@@ -379,12 +384,12 @@ def test_apply_mode_calibrates_sd_maps_with_the_training_runs_scale_and_no_other
     changed["sampling"]["steps"] = 3
     other.write_text(yaml.safe_dump(changed))
     refused = run_snakemake(workdir, "-n", config=other, check=False)
-    assert refused.returncode != 0 and "results/calibration/sd_scale.json: fitted with other sampling settings: " \
+    assert refused.returncode != 0 and "results/calibration/sd_calibration.json: fitted with other sampling settings: " \
         "steps 1 (now 3)" in refused.stdout + refused.stderr
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(record | {"checkpoints": [{"path": "x.pt", "sha256": "0" * 64}]}))
     other = tiny_config(tmp_path / "forged.yaml", source="local", local={"bids_root": str(bids)},
-                        apply=apply | {"sd_scale": str(forged)})
+                        apply=apply | {"sd_calibration": str(forged)})
     refused = run_snakemake(workdir, "-n", config=other, check=False)
     assert refused.returncode != 0 and f"{forged}: fitted for other checkpoints" in refused.stdout + refused.stderr
 

@@ -33,15 +33,25 @@ def test_gpu_check_smoke_measures_every_section(tmp_path):
 
 
 def test_sd_calibration_table_of_the_tiny_run(tiny_run, tmp_path):
-    """benchmarks/sd_calibration.py: the validation row is calibrated by construction, the test row's ratio is
-    the calibrated map's RMS sd over RMS error, and the raw map is the calibrated one over the fitted scale."""
+    """benchmarks/sd_calibration.py refits each calibration on the validation subject as the workflow does: its
+    default reproduces the workflow's file, the validation rows are calibrated by construction, and the test row's
+    calibrated RMS sd is that of the workflow's sd.nii.gz."""
+    import nibabel as nib
+    import numpy as np
+
     out = tmp_path / "sd_calibration.tsv"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "sd_calibration.py"), "--results",
                     str(tiny_run / "results"), "--out", str(out)], check=True, capture_output=True)
     with open(out, newline="") as fh:
-        rows = {r["split"]: r for r in csv.DictReader(fh, delimiter="\t")}
-    scale = json.loads((tiny_run / "results" / "calibration" / "sd_scale.json").read_text())["scale"]
-    assert set(rows) == {"val", "test"} and float(rows["val"]["ratio"]) == pytest.approx(1.0, abs=1e-3)
-    test = rows["test"]
-    assert float(test["ratio"]) == pytest.approx(float(test["rms_sd"]) / float(test["rms_error"]), abs=2e-3)
-    assert float(test["rms_sd_raw"]) * scale == pytest.approx(float(test["rms_sd"]), rel=1e-3)
+        rows = {(r["method"], r["split"]): r for r in csv.DictReader(fh, delimiter="\t")}
+    assert {m for m, _ in rows} == {"none", "floor_scale", "scale"}
+    res = tiny_run / "results"
+    fitted = json.loads((res / "calibration" / "sd_calibration.json").read_text())
+    assert float(rows["floor_scale", "val"]["scale"]) == pytest.approx(fitted["scale"], rel=1e-3)
+    assert float(rows["floor_scale", "val"]["floor"]) == pytest.approx(fitted["floor"], abs=1e-5)
+    for method in ("floor_scale", "scale"):
+        assert float(rows[method, "val"]["ratio"]) == pytest.approx(1.0, abs=2e-3)
+    test = rows["floor_scale", "test"]
+    sd = nib.load(res / "sr" / test["subject"] / "sd.nii.gz").get_fdata()
+    mask = nib.load(res / "hr" / test["subject"] / "brainmask.nii.gz").get_fdata() > 0
+    assert float(test["rms_sd"]) == pytest.approx(np.sqrt(np.mean(sd[mask] ** 2)), rel=2e-3)

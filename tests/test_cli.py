@@ -82,7 +82,8 @@ def test_output_overlays_the_input_in_world_space(checkpoint, unseen_scan, tmp_p
     assert nib.load(sd).shape == sr_img.shape
 
 
-def test_sd_scale_multiplies_the_sd_map_and_is_refused_for_another_model_or_sampler(checkpoint, unseen_scan, tmp_path):
+def test_sd_calibration_calibrates_the_sd_map_and_is_refused_for_another_model_or_sampler(checkpoint, unseen_scan,
+                                                                                           tmp_path):
     import contextlib
     import hashlib
     import io
@@ -94,13 +95,15 @@ def test_sd_scale_multiplies_the_sd_map_and_is_refused_for_another_model_or_samp
             "--eta", "1", "--quiet"]
     options = sampling_options(build_parser().parse_args(base + ["-o", "x.nii.gz"]))
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    scale = tmp_path / "sd_scale.json"
-    record = {"scale": 2.5, "sampling": options.to_dict(), "checkpoints": [{"path": "stage1.pt", "sha256": sha}]}
+    scale = tmp_path / "sd_calibration.json"
+    record = {"floor": 0.01, "scale": 2.5, "sampling": options.to_dict(),
+              "checkpoints": [{"path": "stage1.pt", "sha256": sha}]}
     scale.write_text(json.dumps(record))
     raw, calibrated = tmp_path / "raw.nii.gz", tmp_path / "calibrated.nii.gz"
     assert main(base + ["-o", str(tmp_path / "a.nii.gz"), "--sd", str(raw)]) == 0
-    assert main(base + ["-o", str(tmp_path / "b.nii.gz"), "--sd", str(calibrated), "--sd-scale", str(scale)]) == 0
-    np.testing.assert_allclose(nib.load(calibrated).get_fdata(), 2.5 * nib.load(raw).get_fdata(), rtol=1e-5)
+    assert main(base + ["-o", str(tmp_path / "b.nii.gz"), "--sd", str(calibrated), "--sd-calibration", str(scale)]) == 0
+    expected = np.sqrt(0.01 ** 2 + (2.5 * nib.load(raw).get_fdata()) ** 2)  # sqrt(floor^2 + (scale sd)^2)
+    np.testing.assert_allclose(nib.load(calibrated).get_fdata(), expected, rtol=1e-5)
 
     def error(*extra: str) -> str:
         err = io.StringIO()
@@ -109,15 +112,15 @@ def test_sd_scale_multiplies_the_sd_map_and_is_refused_for_another_model_or_samp
         assert not (tmp_path / "never.nii.gz").exists()
         return err.getvalue()
 
-    assert "--sd-scale calibrates the sd map: give --sd too" in error("--sd-scale", str(scale))
-    sd = ["--sd", str(tmp_path / "sd.nii.gz"), "--sd-scale", str(scale)]
+    assert "--sd-calibration calibrates the sd map: give --sd too" in error("--sd-calibration", str(scale))
+    sd = ["--sd", str(tmp_path / "sd.nii.gz"), "--sd-calibration", str(scale)]
     assert f"{scale}: fitted with other sampling settings: steps 2 (now 3)" in error(*sd, "--steps", "3")
     scale.write_text(json.dumps(record | {"checkpoints": [{"path": "stage1.pt", "sha256": "0" * 64}]}))
     assert f"{scale}: fitted for other checkpoints than {checkpoint}" in error(*sd)
     scale.write_text(json.dumps({k: v for k, v in record.items() if k != "checkpoints"}))
     assert f"{scale}: records no checkpoints" in error(*sd)
     scale.write_text(json.dumps(record | {"scale": 0}))
-    assert f"{scale}: the sd scale must be a positive number, not 0" in error(*sd)
+    assert f"{scale}: the sd calibration's scale is 0" in error(*sd)
 
 
 def _bad(tmp_path: Path, name: str, data, affine=np.eye(4) * 8) -> Path:

@@ -107,5 +107,5 @@ def test_apply_demo_config_applies_the_demo_model_with_its_calibrated_sd():
 
     settings = ApplySettings.from_mapping(merged("config.yaml", "apply_demo.yaml")["apply"])
     assert settings.enabled and settings.checkpoints == ("results/models/stage1/checkpoint.pt",)
-    assert settings.sd_scale == "results/calibration/sd_scale.json"
-    assert f'json="{settings.sd_scale}"' in (REPO / "workflow" / "rules" / "infer.smk").read_text()
+    assert settings.sd_calibration == "results/calibration/sd_calibration.json"
+    assert f'json="{settings.sd_calibration}"' in (REPO / "workflow" / "rules" / "infer.smk").read_text()

@@ -110,38 +110,61 @@ def test_error_vs_uncertainty_bins_sorted_by_sd_and_tracks_calibrated_noise():
         assert r["rmse"] == pytest.approx(r["sd"], rel=0.15)
 
 
-def test_sd_scale_pools_squared_errors_and_sds_over_brain_voxels_of_all_subjects():
-    """s = sqrt(sum err^2 / sum sd^2) over the pooled brain voxels (metrics docstring): a constant error of 0.1 and
-    sd 0.05 give 2; two subjects pool by voxel count, not by subject; voxels outside the mask do not count."""
+def test_sd_calibration_by_scale_pools_squared_errors_and_sds_over_brain_voxels_of_all_subjects():
+    """scale: s = sqrt(sum err^2 / sum sd^2) over the pooled brain voxels (metrics docstring): a constant error of
+    0.1 and sd 0.05 give 2; two subjects pool by voxel count, not by subject; voxels outside the mask do not count."""
     ref = np.full((6, 6, 6), 0.5)
     mask = np.zeros(ref.shape, bool)
     mask[1:5, 1:5, 1:5] = True
     est = np.where(mask, ref + 0.1, 0.9)  # outside the mask the error is 0.4: not counted
     a = metrics.calibration_sums(ref, est, np.full(ref.shape, 0.05), mask)
     assert a["voxels"] == 64 and a["sum_sq_error"] == pytest.approx(64 * 0.01)
-    assert metrics.sd_scale([a]) == pytest.approx(2.0)
+    assert metrics.fit_sd_calibration([a], "scale") == metrics.SdCalibration(floor=0.0, scale=pytest.approx(2.0))
     small = np.zeros(ref.shape, bool)
     small[2, 2, 2] = True  # one voxel, error 0.3 and sd 0.05
     b = metrics.calibration_sums(ref, ref + 0.3, np.full(ref.shape, 0.05), small)
     expected = np.sqrt((64 * 0.01 + 0.09) / (65 * 0.05 ** 2))
-    assert metrics.sd_scale([a, b]) == pytest.approx(expected)
+    assert metrics.fit_sd_calibration([a, b], "scale").scale == pytest.approx(expected)
     # a calibrated map (errors drawn with the predicted sd) needs no scaling
     rng = np.random.default_rng(1)
     sd = rng.uniform(0.01, 0.05, size=(24, 24, 24))
     ref = np.full(sd.shape, 0.5)
     drawn = metrics.calibration_sums(ref, ref + sd * rng.standard_normal(sd.shape), sd, np.ones(sd.shape, bool))
-    assert metrics.sd_scale([drawn]) == pytest.approx(1.0, abs=0.02)
+    assert metrics.fit_sd_calibration([drawn], "scale").scale == pytest.approx(1.0, abs=0.02)
     with pytest.raises(ValueError, match="zero in every brain voxel"):
-        metrics.sd_scale([metrics.calibration_sums(ref, ref, np.zeros(sd.shape), np.ones(sd.shape, bool))])
+        metrics.fit_sd_calibration([metrics.calibration_sums(ref, ref, np.zeros(sd.shape), np.ones(sd.shape, bool))])
+    with pytest.raises(ValueError, match="unknown sd calibration 'isotonic'"):
+        metrics.fit_sd_calibration([drawn], "isotonic")
 
 
-def test_fit_sd_scale_then_scale_sd_make_the_validation_maps_rms_match_their_error(tmp_path):
-    """The workflow's two steps: the scale fitted on validation files, then a map multiplied by it; a scale file
+def test_sd_calibration_with_a_floor_recovers_a_floor_and_a_scale_and_keeps_the_rms():
+    """floor_scale: the least-squares line err^2 = a^2 + b^2 sd^2. Errors built exactly on such a line give back
+    a and b; any fit keeps mean(calibrated^2) = mean(err^2); a negative intercept falls back to scale alone."""
+    rng = np.random.default_rng(4)
+    sd = rng.uniform(0.0, 0.02, size=(20, 20, 20))
+    ref = np.full(sd.shape, 0.3)
+    err = np.sqrt(0.03 ** 2 + (2.5 * sd) ** 2) * rng.choice([-1.0, 1.0], size=sd.shape)
+    whole = np.ones(sd.shape, bool)
+    fitted = metrics.fit_sd_calibration([metrics.calibration_sums(ref, ref + err, sd, whole)])
+    assert fitted.floor == pytest.approx(0.03, rel=1e-4) and fitted.scale == pytest.approx(2.5, rel=1e-4)
+    np.testing.assert_allclose(fitted.apply(sd), np.abs(err), rtol=1e-4)
+    noisy = ref + sd * rng.standard_normal(sd.shape) * 3 + 0.01 * rng.standard_normal(sd.shape)
+    sums = metrics.calibration_sums(ref, noisy, sd, whole)
+    fitted = metrics.fit_sd_calibration([sums])
+    assert np.mean(fitted.apply(sd).astype(np.float64) ** 2) == pytest.approx(sums["sum_sq_error"] / sums["voxels"])
+    # errors that shrink where sd is small, more than in proportion: the line's intercept is negative
+    steep = ref + np.where(sd > 0.01, 5 * sd, 0.0)
+    sums = metrics.calibration_sums(ref, steep, sd, whole)
+    assert metrics.fit_sd_calibration([sums]) == metrics.fit_sd_calibration([sums], "scale")
+
+
+def test_fit_sd_calibration_then_calibrate_sd_make_the_validation_maps_rms_match_their_error(tmp_path):
+    """The workflow's two steps: the calibration fitted on validation files, then a map put through it; a file
     that is not one fails with its path, and nothing is written."""
     import json
 
     from mrisr.io import InputError, load_volume, save_volume
-    from mrisr.pipeline import fit_sd_scale, scale_sd
+    from mrisr.pipeline import calibrate_sd, fit_sd_calibration
 
     rng = np.random.default_rng(2)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -155,24 +178,30 @@ def test_fit_sd_scale_then_scale_sd_make_the_validation_maps_rms_match_their_err
         for key, vol in zip(files, (hr, mask, sr, sd)):
             files[key].append(str(tmp_path / f"{key}{k}.nii.gz"))
             save_volume(files[key][-1], vol, affine)
-    out = tmp_path / "calibration" / "sd_scale.json"
-    fit_sd_scale(["v0", "v1"], files["hr"], files["mask"], files["sr"], files["sd"], {"n_samples": 3}, str(out))
-    record = json.loads(out.read_text())
-    assert record["scale"] == pytest.approx(3.0, rel=0.05) and sorted(record["subjects"]) == ["v0", "v1"]
-    assert record["scale"] == pytest.approx(record["rms_error"] / record["rms_sd"])
-    assert record["sampling"] == {"n_samples": 3} and record["voxels"] == 2 * 6 * 7 * 8
-    scale_sd(files["sd"][0], str(out), str(tmp_path / "scaled.nii.gz"))
-    scaled, scaled_affine = load_volume(tmp_path / "scaled.nii.gz")
-    np.testing.assert_allclose(scaled, load_volume(files["sd"][0])[0] * record["scale"], rtol=1e-6)
-    np.testing.assert_array_equal(scaled_affine, affine)
+    out = tmp_path / "calibration" / "sd_calibration.json"
+    for method in ("scale", "floor_scale"):
+        sampling = {"n_samples": 3, "calibration": method}
+        fit_sd_calibration(["v0", "v1"], files["hr"], files["mask"], files["sr"], files["sd"], sampling, str(out))
+        record = json.loads(out.read_text())
+        assert record["method"] == method and sorted(record["subjects"]) == ["v0", "v1"]
+        assert record["sampling"] == sampling and record["voxels"] == 2 * 6 * 7 * 8
+        pooled = sum(v["rms_sd_calibrated"] ** 2 * v["voxels"] for v in record["subjects"].values())
+        assert np.sqrt(pooled / record["voxels"]) == pytest.approx(record["rms_error"], rel=1e-4)
+    # errors on a line through 0 (3 sd): a small floor, a scale near 3 (per-voxel squared errors are noisy)
+    assert record["scale"] == pytest.approx(3.0, rel=0.1) and record["floor"] < 0.3 * record["rms_error"]
+    calibrate_sd(files["sd"][0], str(out), str(tmp_path / "calibrated.nii.gz"))
+    calibrated, calibrated_affine = load_volume(tmp_path / "calibrated.nii.gz")
+    expected = np.sqrt(record["floor"] ** 2 + (record["scale"] * load_volume(files["sd"][0])[0]) ** 2)
+    np.testing.assert_allclose(calibrated, expected, rtol=1e-5)
+    np.testing.assert_array_equal(calibrated_affine, affine)
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"scale": -1}))
-    with pytest.raises(InputError, match=f"{bad}: the sd scale must be a positive number"):
-        scale_sd(files["sd"][0], str(bad), str(tmp_path / "never.nii.gz"))
+    bad.write_text(json.dumps({"floor": 0.01, "scale": -1}))
+    with pytest.raises(InputError, match=f"{bad}: the sd calibration's scale must be a number >= 0, not -1"):
+        calibrate_sd(files["sd"][0], str(bad), str(tmp_path / "never.nii.gz"))
     assert not (tmp_path / "never.nii.gz").exists()
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(InputError, match="not an sd scale file"):
-        scale_sd(files["sd"][0], str(bad), str(tmp_path / "never.nii.gz"))
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not an sd calibration file"):
+        calibrate_sd(files["sd"][0], str(bad), str(tmp_path / "never.nii.gz"))
 
 
 def test_ssim_with_a_partial_mask_against_a_hand_computation():

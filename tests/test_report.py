@@ -371,12 +371,13 @@ def built_report(tmp_path_factory):
     from mrisr.data.splits import write_splits
 
     write_splits(root / "splits.tsv", {s: "test" for s in subjects} | {"t1": "train", "v1": "val"})
-    sd_scale = root / "calibration" / "sd_scale.json"
-    sd_scale.parent.mkdir()
-    sd_scale.write_text(json.dumps({"scale": 1.5, "rms_error": 0.03, "rms_sd": 0.02, "subjects": {"v1": {}}}))
+    sd_calibration = root / "calibration" / "sd_calibration.json"
+    sd_calibration.parent.mkdir()
+    sd_calibration.write_text(json.dumps({"method": "floor_scale", "floor": 0.012, "scale": 1.5, "rms_error": 0.03,
+                                          "rms_sd": 0.02, "subjects": {"v1": {}}}))
     inputs = build.ReportInputs(metrics=str(root / "metrics.tsv"), splits=str(root / "splits.tsv"), config=config,
                                 train_logs=logs, benchmarks=benches, slices=slice_files, calibration=calibration,
-                                sd_scale=str(sd_scale))
+                                sd_calibration=str(sd_calibration))
     build.build_report(inputs, build.ReportOutputs(**outputs))
     return root, outputs
 
@@ -417,14 +418,15 @@ def test_report_page_contents(built_report):
         assert picture.size[0] > 0 and mime == f"image/{picture.format.lower()}", img["alt"]
     assert len(images) == 1 + 3 * 2 + 1 + 2, "metrics, 3 x (panels, sweep), uncertainty, loss, schedule"
     # Pooled bins: mean sd 0.01 (b + 1); RMS error sqrt(mean((k + 1)^2)) 0.01 (b + 1) = 0.02739 (b + 1).
+    # (these tables predate the rms_sd column: the RMS sd is taken as the mean sd)
     bins = [[c["text"] for c in row] for row in tables_["uncertainty-bins"]["rows"]]
-    assert bins == [["1", "0.0100", "0.0274", "2.74"], ["2", "0.0200", "0.0548", "2.74"],
-                    ["3", "0.0300", "0.0822", "2.74"]]
+    assert bins == [["1", "0.0100", "0.0100", "0.0274", "2.74"], ["2", "0.0200", "0.0200", "0.0548", "2.74"],
+                    ["3", "0.0300", "0.0300", "0.0822", "2.74"]]
     assert "most uncertain bin is 3.0× that in the least uncertain" in html
     # calibrated on the validation subject v1; the test bins' RMS sd / RMS error is 1 / 2.74
-    assert "multiplied by s = 1.50" in html and "fitted on 1 validation subject super-resolved" in html
+    assert "calibrated as √(0.0120² + (1.50·sd)²)" in html and "fitted on 1 validation subject super-resolved" in html
     assert "RMS error of SR was 0.0300 and the samples' RMS sd 0.0200" in html
-    assert "On the test subjects RMS(sd) / RMS(error) = <b>0.37</b>" in html
+    assert "On the test subjects RMS(sd) / RMS(error) = <b>0.37</b> (0.37 in the least uncertain bin, 0.37 in" in html
     assert "<script" not in html and "http://" not in html and "https://" not in html.replace(
         "https://s3.amazonaws.com", ""), "self-contained: nothing is fetched"
     cost = tables_["cost-train_stage"]["rows"]
@@ -450,6 +452,10 @@ def test_uncertainty_section_of_an_uncalibrated_map_says_so():
     html = page.uncertainty_section(pooled, b"png", {"n_samples": 3, "estimate": "posterior_mean"}, 2)
     assert "sampling.calibration_subjects: 0" in html and "σ-scaling" not in html
     assert "RMS(sd) / RMS(error) = <b>0.50</b>" in html
+    scaled = page.uncertainty_section(pooled | {"rms_sd": [0.02, 0.03]}, b"png", {"n_samples": 3}, 2, {
+        "method": "scale", "floor": 0.0, "scale": 4.0, "rms_error": 0.04, "rms_sd": 0.01, "subjects": {"v": {}}})
+    assert "calibrated as 4.00·sd (σ-scaling" in scaled and "RMS(sd) / RMS(error) = <b>0.81</b>" in scaled
+    assert "(1.00 in the least uncertain bin, 0.75 in the most uncertain one" in scaled
 
 
 def test_training_cost_takes_its_peak_memory_from_the_train_log():

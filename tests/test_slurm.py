@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # Slurm jobs per rule (or group) of the tiny config: fetch, skullstrip and make_lr of a subject
 # form one job of the group "preprocess"; cache_stage runs once per stage (2) and train/val subject (3);
 # the val subject is super-resolved once for the sd map's calibration;
-# split, collect_metrics, plot_slices, fit_sd_scale, scale_sd and report are local rules.
+# split, collect_metrics, plot_slices, fit_sd_calibration, calibrate_sd and report are local rules.
 PREPROCESS = "preprocess_fetch_make_lr_skullstrip"  # the plugin names a group job by group and rules
 EXPECTED_JOBS = {PREPROCESS: 4, "cache_stage": 6, "train_stage": 2, "super_resolve": 1, "super_resolve_val": 1,
                  "baseline": 1, "evaluate": 1}
@@ -60,7 +60,7 @@ def test_every_job_went_through_sbatch_and_gpu_rules_asked_for_a_gpu(slurm_tiny_
     limits = {rule_of(job): job["TimeLimit"] for job in jobs}
     assert limits["train_stage"] == "12:00:00" and limits["super_resolve"] == "02:00:00"
     assert limits["evaluate"] == "01:00:00" and limits[PREPROCESS] == "03:00:00"  # a group: 3 x 60 min
-    for rule in ("split", "collect_metrics", "plot_slices", "fit_sd_scale", "scale_sd", "report"):
+    for rule in ("split", "collect_metrics", "plot_slices", "fit_sd_calibration", "calibrate_sd", "report"):
         assert f"localrule {rule}:" in output
     train_log = (workdir / "results" / "logs" / "train_stage" / "stage1.log").read_text()
     assert "parameters on cpu;" in train_log, "the job saw a GPU request but no CUDA device: it ran on the CPU"

@@ -80,7 +80,7 @@ def test_sd_calibration_can_be_turned_off(tmp_path):
     plan = run_snakemake(tmp_path / "run", "-n", config=off)
     counts = job_counts(plan.stdout + plan.stderr)
     assert counts["super_resolve"] == 1 and counts["evaluate"] == 1
-    assert not {"super_resolve_val", "fit_sd_scale", "scale_sd"} & set(counts)
+    assert not {"super_resolve_val", "fit_sd_calibration", "calibrate_sd"} & set(counts)
     assert "sd_uncalibrated" not in plan.stdout + plan.stderr and "sd.nii.gz" in plan.stdout + plan.stderr
 
 
@@ -101,7 +101,7 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts == {
         "make_lr": 4, "cache_stage": 6, "train_stage": 2, "super_resolve": 1, "baseline": 1,
-        "super_resolve_val": 1, "fit_sd_scale": 1, "scale_sd": 1,
+        "super_resolve_val": 1, "fit_sd_calibration": 1, "calibrate_sd": 1,
         "evaluate": 1, "collect_metrics": 1, "plot_slices": 1, "report": 1, "all": 1,
     }
     assert hr_file.stat().st_mtime_ns == hr_mtime, "upstream outputs are not rewritten"

@@ -63,24 +63,24 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     from mrisr.apply import Cascade, Scan, apply_cascade
     from mrisr.device import pick_device
     from mrisr.io import save_volume
-    from mrisr.pipeline import check_sd_scale
+    from mrisr.pipeline import check_sd_calibration
 
     options = sampling_options(args)
     if args.sd and options.n_samples < 2:
         raise InputError("--sd needs --n-samples of 2 or more")
-    if args.sd_scale and not args.sd:
-        raise InputError("--sd-scale calibrates the sd map: give --sd too")
+    if args.sd_calibration and not args.sd:
+        raise InputError("--sd-calibration calibrates the sd map: give --sd too")
     for path in (args.output, args.sd):
         if path and not str(path).endswith((".nii", ".nii.gz")):
             raise InputError(f"{path}: output names must end in .nii or .nii.gz")
     cascade = Cascade.load(args.model, options, pick_device(args.device))
-    scale = check_sd_scale(args.sd_scale, options, args.model) if args.sd_scale else 1.0
+    fitted = check_sd_calibration(args.sd_calibration, options, args.model) if args.sd_calibration else None
     scan = Scan.load(args.input, args.mask, keep_head=cascade.protocol == "acquisition")
     out = apply_cascade(scan, cascade, options, args.percentile, log=log.info,
                         warn=lambda w: print(f"mrisr: warning: {w}", file=sys.stderr),
                         progress=None if args.quiet else _progress)
     if args.sd:
-        save_volume(args.sd, out.sd * scale, out.affine)
+        save_volume(args.sd, out.sd if fitted is None else fitted.apply(out.sd), out.affine)
     save_volume(args.output, out.sr, out.affine)
     log.info("%s -> %s: x%d, %s -> %s", args.input, args.output, out.factor, scan.data.shape, out.sr.shape)
 
@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reverse-step noise: the sampler's own, or plus the x0 prediction's error stored in "
                          f"the checkpoint (Analytic-DPM; few steps spread like 1000) (default {d['variance']})")
     sr.add_argument("--sd", help="also write the samples' per-voxel standard deviation (needs --n-samples >= 2)")
-    sr.add_argument("--sd-scale", metavar="SD_SCALE_JSON",
-                    help="multiply the --sd map by the scale the training run fitted on its validation subjects "
-                         "(results/calibration/sd_scale.json), so that it predicts the error in RMS; refused "
+    sr.add_argument("--sd-calibration", metavar="SD_CALIBRATION_JSON",
+                    help="calibrate the --sd map as the training run did, with the floor and scale it fitted on its "
+                         "validation subjects (results/calibration/sd_calibration.json); refused "
                          "unless the checkpoints and sampling options are the ones it was fitted with")
     sr.add_argument("--data-consistency", type=int,
                     help=f"back-projection iterations (default {d['data_consistency']})")

@@ -119,6 +119,7 @@ class SamplingOptions:
     data_consistency: int
     seed: int
     calibration_subjects: int
+    calibration: str
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "SamplingOptions":
@@ -164,7 +165,7 @@ class ApplySettings:
     checkpoints: tuple[str, ...]
     test_derivatives: bool
     qc_panels: int
-    sd_scale: str | None = None
+    sd_calibration: str | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ApplySettings":
@@ -172,12 +173,12 @@ class ApplySettings:
         if checked["checkpoints"] and checked["test_derivatives"]:
             raise ConfigError("apply.test_derivatives: writes a training run's test subjects; apply mode "
                               "(apply.checkpoints set) writes every scan as a derivative already")
-        if checked["sd_scale"] and not checked["checkpoints"]:
-            raise ConfigError("apply.sd_scale: calibrates apply mode's sd maps; set apply.checkpoints too (a "
+        if checked["sd_calibration"] and not checked["checkpoints"]:
+            raise ConfigError("apply.sd_calibration: calibrates apply mode's sd maps; set apply.checkpoints too (a "
                               "training run calibrates its own with sampling.calibration_subjects)")
         return cls(checkpoints=tuple(str(p) for p in checked["checkpoints"]),
                    test_derivatives=bool(checked["test_derivatives"]), qc_panels=int(checked["qc_panels"]),
-                   sd_scale=checked["sd_scale"])
+                   sd_calibration=checked["sd_calibration"])
 
     @property
     def enabled(self) -> bool:

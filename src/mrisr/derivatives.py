@@ -23,7 +23,8 @@ import mrisr
 from mrisr.config import SamplingOptions
 from mrisr.data.bids import dataset_description, write_json
 from mrisr.io import check_contrast, file_sha256, load_volume, save_volume, voxel_sizes
-from mrisr.pipeline import brain_mask_of, read_sd_scale
+from mrisr.metrics import SdCalibration
+from mrisr.pipeline import brain_mask_of, read_sd_calibration
 
 log = logging.getLogger("mrisr")
 
@@ -39,14 +40,14 @@ def sidecar_path(image: str) -> str:
 @dataclass(frozen=True)
 class ApplyFiles:
     """One scan's apply job: the scan in (and its brain mask, which the masked protocol needs, and the training
-    run's sd scale, ``apply.sd_scale``); the derivatives out (``sr``, and ``sd`` with several samples), each with
+    run's sd calibration, ``apply.sd_calibration``); the derivatives out (``sr``, and ``sd`` with several samples), each with
     its sidecar beside it."""
 
     scan: str
     sr: str
     mask: str | None = None
     sd: str | None = None
-    sd_scale: str | None = None
+    sd_calibration: str | None = None
 
 
 def checkpoint_records(paths: Sequence[str], factors: Sequence[int]) -> list[dict[str, Any]]:
@@ -55,15 +56,17 @@ def checkpoint_records(paths: Sequence[str], factors: Sequence[int]) -> list[dic
             for k, (p, f) in enumerate(zip(paths, factors))]
 
 
-def sd_calibration(scale_path: str | None) -> tuple[float, dict[str, Any]]:
-    """The factor an sd map is multiplied by (1 when it is not calibrated) and the sidecar fields that say how."""
-    if scale_path is None:
-        return 1.0, {"SdCalibration": "none: the standard deviation of the samples as drawn"}
-    scale = read_sd_scale(scale_path)
-    return scale, {
-        "SdCalibration": (f"sigma-scaling: the samples' standard deviation times {scale:.4g}, fitted on the "
-                          "training run's validation subjects so that its RMS matches their SR's RMS error"),
-        "SdScale": scale, "SdScaleFile": {"Path": str(scale_path), "SHA256": file_sha256(scale_path)},
+def calibration_fields(path: str | None) -> tuple[SdCalibration | None, dict[str, Any]]:
+    """The calibration an sd map goes through (None: the samples' sd as drawn) and the sidecar fields that say how."""
+    if path is None:
+        return None, {"SdCalibration": "none: the standard deviation of the samples as drawn"}
+    fitted = read_sd_calibration(path)
+    return fitted, {
+        "SdCalibration": (f"sqrt(floor^2 + (scale * sd)^2) of the samples' standard deviation sd, floor "
+                          f"{fitted.floor:.4g} and scale {fitted.scale:.4g} fitted on the training run's validation "
+                          "subjects so that it predicts the RMS error of their SR"),
+        "SdCalibrationFloor": fitted.floor, "SdCalibrationScale": fitted.scale,
+        "SdCalibrationFile": {"Path": str(path), "SHA256": file_sha256(path)},
     }
 
 
@@ -103,8 +106,8 @@ def apply_scan(files: ApplyFiles, checkpoints: Sequence[str], sampling: Sampling
     }
     units = f"in the input's intensity units, on a grid ×{out.factor} finer whose affine lies exactly over the input"
     if files.sd is not None:
-        scale, calibration = sd_calibration(files.sd_scale)
-        save_volume(files.sd, out.sd * scale, out.affine)
+        fitted, calibration = calibration_fields(files.sd_calibration)
+        save_volume(files.sd, out.sd if fitted is None else fitted.apply(out.sd), out.affine)
         write_json(sidecar_path(files.sd), fields | calibration | {"Description": (
             f"Per-voxel standard deviation of the {sampling.n_samples} samples of the super-resolved T1w, {units}")})
     save_volume(files.sr, out.sr, out.affine)
@@ -147,7 +150,7 @@ class HeldOutFiles:
     sr: str
     mask: str
     sd: str | None = None
-    sd_scale: str | None = None  # the scale the sd map was calibrated with, when it was
+    sd_calibration: str | None = None  # the calibration the sd map went through, when it did
 
 
 def export_test_subject(inputs: HeldOutFiles, out: ApplyFiles, out_mask: str, checkpoints: Sequence[str],
@@ -164,9 +167,9 @@ def export_test_subject(inputs: HeldOutFiles, out: ApplyFiles, out_mask: str, ch
     made = (f"from the simulated LR (×{factor}) of a training run's test subject, on the workflow's grid cropped "
             "around the brain and its normalised intensity scale (the LR field of view's 99.5th percentile is 1)")
     if inputs.sd is not None and out.sd is not None:
-        sd, sd_affine = load_volume(inputs.sd)  # already calibrated by the training run (scale_sd)
+        sd, sd_affine = load_volume(inputs.sd)  # already calibrated by the training run (calibrate_sd)
         save_volume(out.sd, sd, sd_affine)
-        write_json(sidecar_path(out.sd), fields | sd_calibration(inputs.sd_scale)[1] | {
+        write_json(sidecar_path(out.sd), fields | calibration_fields(inputs.sd_calibration)[1] | {
             "Description": f"Per-voxel sd of the samples, {made}"})
     save_volume(out_mask, (mask > 0).astype(np.uint8), mask_affine, dtype=np.uint8)
     write_json(sidecar_path(out_mask), {"Type": "Brain", "Sources": list(sources),

@@ -18,22 +18,29 @@ metrics use ``DATA_RANGE`` = 1 and both volumes are clipped to [0, 1] first.
   Laplacian of a Gaussian of sigma 1.5 voxels (``scipy.ndimage.gaussian_laplace``,
   truncated at 4 sigma) applied to the whole volume, the norms taken over brain
   voxels. Lower is better; 0 is a perfect edge-and-texture match.
-- Calibration of an sd map (``calibration_sums``, ``sd_scale``): an sd map is
-  calibrated for the estimate it comes with when, over the brain voxels,
-  RMS(sd) = RMS(estimate - reference). σ-scaling (after Laves et al. 2020,
-  "Well-calibrated regression uncertainty in medical imaging with deep
-  learning", MIDL) multiplies the map by one scale s fitted on validation
-  subjects. Laves et al. fit s by the Gaussian likelihood,
-  s^2 = mean(err^2 / sd^2), which weights each voxel by 1 / sd^2 and so is
-  ruled by the voxels whose few samples happened to agree; here s matches the
-  root mean squares, s = sqrt(sum err^2 / sum sd^2), the ratio the
-  calibration is judged by.
+- Calibration of an sd map (``calibration_sums``, ``fit_sd_calibration``,
+  ``SdCalibration``): an sd map is calibrated for the estimate it comes with
+  when, over the brain voxels, RMS(sd) = RMS(estimate - reference), and in
+  every part of the brain the map marks as more or less certain. Two maps
+  fitted on validation subjects, both matching the RMS exactly there:
+  ``scale``, σ-scaling (after Laves et al. 2020, "Well-calibrated regression
+  uncertainty in medical imaging with deep learning", MIDL): s·sd with
+  s = sqrt(sum err^2 / sum sd^2). Laves et al. fit s by the Gaussian
+  likelihood, s^2 = mean(err^2 / sd^2), which weights each voxel by 1 / sd^2
+  and so is ruled by the voxels whose few samples happened to agree; the RMS
+  is the ratio the calibration is judged by. ``floor_scale``:
+  sqrt(a^2 + b^2 sd^2), the least-squares line of err^2 against sd^2 (a^2 its
+  intercept, b^2 its slope, both kept >= 0): a floor for the error no sample
+  varies (the HR's own noise, the model's bias) beside the samples' spread.
+  A least-squares line passes through the means, so mean(a^2 + b^2 sd^2) =
+  mean(err^2): the RMS still matches.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -118,7 +125,7 @@ def error_vs_uncertainty(
     """Calibration of a per-voxel uncertainty map: mean |error| per bin of predicted sd.
 
     Brain voxels are sorted by the predicted standard deviation and split into
-    ``n_bins`` bins of equal count; each row gives the bin's mean predicted sd,
+    ``n_bins`` bins of equal count; each row gives the bin's mean and RMS predicted sd,
     its RMS error and mean absolute error against the reference, and the voxel
     count. A useful map has errors that rise with the predicted sd (for a
     calibrated Gaussian, rmse ~ sd once the estimate is the mean of many samples).
@@ -134,6 +141,7 @@ def error_vs_uncertainty(
             continue
         rows.append({
             "sd": float(s[chunk].mean()),
+            "rms_sd": float(np.sqrt(np.mean(s[chunk] ** 2))),
             "rmse": float(np.sqrt(np.mean(err[chunk] ** 2))),
             "mae": float(np.mean(np.abs(err[chunk]))),
             "voxels": int(len(chunk)),
@@ -144,23 +152,53 @@ def error_vs_uncertainty(
 def calibration_sums(
     reference: np.ndarray, estimate: np.ndarray, sd: np.ndarray, mask: np.ndarray
 ) -> dict[str, float]:
-    """Sums over the brain voxels that σ-scaling pools across subjects: squared error, squared sd, count."""
+    """Sums over the brain voxels that an sd calibration pools across subjects (``fit_sd_calibration``):
+    the count n and the sums of err^2, sd^2, sd^4 and err^2 sd^2."""
     ref, est, mask = _prepare(reference, estimate, mask)
     if sd.shape != mask.shape:
         raise ValueError(f"shapes differ: sd {sd.shape}, mask {mask.shape}")
-    err, s = (est - ref)[mask], sd[mask].astype(np.float64)
-    return {"sum_sq_error": float(np.sum(err ** 2)), "sum_sq_sd": float(np.sum(s ** 2)), "voxels": int(mask.sum())}
+    err2, sd2 = ((est - ref)[mask]) ** 2, sd[mask].astype(np.float64) ** 2
+    return {"voxels": int(mask.sum()), "sum_sq_error": float(err2.sum()), "sum_sq_sd": float(sd2.sum()),
+            "sum_sd4": float((sd2 ** 2).sum()), "sum_sq_error_sq_sd": float((err2 * sd2).sum())}
 
 
-def sd_scale(sums: Sequence[Mapping[str, float]]) -> float:
-    """σ-scaling's factor from pooled ``calibration_sums``: s = sqrt(sum err^2 / sum sd^2) (module docstring).
+@dataclass(frozen=True)
+class SdCalibration:
+    """A calibrated sd map from the samples' sd: sqrt(floor^2 + scale^2 sd^2) (module docstring)."""
 
-    Multiplying the sd map by s makes RMS(s sd) = RMS(error) over the voxels the sums came from.
+    floor: float
+    scale: float
+
+    def apply(self, sd: np.ndarray) -> np.ndarray:
+        return np.sqrt(self.floor ** 2 + (self.scale * sd.astype(np.float64)) ** 2).astype(np.float32)
+
+
+CALIBRATIONS = ("floor_scale", "scale")
+
+
+def fit_sd_calibration(sums: Sequence[Mapping[str, float]], method: str = "floor_scale") -> SdCalibration:
+    """The calibration of ``method`` (``CALIBRATIONS``) from pooled ``calibration_sums`` (module docstring).
+
+    ``scale``: floor 0, scale sqrt(sum err^2 / sum sd^2). ``floor_scale``: the
+    least-squares a^2 + b^2 sd^2 to err^2 (normal equations of the line through
+    (sd^2, err^2)); a negative slope becomes 0 (the map then carries no
+    information: a constant, the RMS error), a negative intercept falls back to
+    ``scale``. Either way the calibrated map's mean square is the error's over
+    the voxels the sums came from.
     """
-    sq_error, sq_sd = sum(t["sum_sq_error"] for t in sums), sum(t["sum_sq_sd"] for t in sums)
-    if not sq_sd > 0:
-        raise ValueError("the sd maps are zero in every brain voxel: nothing to scale (are the samples identical?)")
-    return float(np.sqrt(sq_error / sq_sd))
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown sd calibration {method!r}: one of {', '.join(CALIBRATIONS)}")
+    n, e, s2, s4, es = (sum(t[k] for t in sums) for k in
+                        ("voxels", "sum_sq_error", "sum_sq_sd", "sum_sd4", "sum_sq_error_sq_sd"))
+    if not s2 > 0:
+        raise ValueError("the sd maps are zero in every brain voxel: nothing to calibrate (are the samples identical?)")
+    if method == "floor_scale":
+        det = n * s4 - s2 * s2
+        slope = max((n * es - s2 * e) / det, 0.0) if det > 0 else 0.0
+        intercept = (e - slope * s2) / n
+        if intercept >= 0:
+            return SdCalibration(floor=float(np.sqrt(intercept)), scale=float(np.sqrt(slope)))
+    return SdCalibration(floor=0.0, scale=float(np.sqrt(e / s2)))
 
 
 def write_metrics(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:

@@ -230,27 +230,29 @@ def evaluate(
     if sd_path is not None and out_calibration is not None:
         sd, _ = load_volume(sd_path)
         table = metrics.error_vs_uncertainty(hr, volumes["sr"], sd, mask > 0)
-        write_tsv(out_calibration, ["subject", "bin", "sd", "rmse", "mae", "voxels"],
-                  [[subject, k, f"{r['sd']:.6g}", f"{r['rmse']:.6g}", f"{r['mae']:.6g}", r["voxels"]]
-                   for k, r in enumerate(table)])
+        write_tsv(out_calibration, ["subject", "bin", "sd", "rms_sd", "rmse", "mae", "voxels"],
+                  [[subject, k, f"{r['sd']:.6g}", f"{r['rms_sd']:.6g}", f"{r['rmse']:.6g}", f"{r['mae']:.6g}",
+                    r["voxels"]] for k, r in enumerate(table)])
     metrics.write_metrics(out_path, rows)
 
 
-def fit_sd_scale(
+def fit_sd_calibration(
     subjects: Sequence[str], hr_paths: Sequence[str], mask_paths: Sequence[str], sr_paths: Sequence[str],
     sd_paths: Sequence[str], sampling: Mapping[str, Any], out_path: str, checkpoints: Sequence[str] = (),
 ) -> None:
-    """σ-scaling of the sd map, fitted on validation subjects (``metrics.sd_scale``).
+    """The sd map's calibration, fitted on validation subjects (``metrics.fit_sd_calibration``).
 
     Each subject's SR (the configured estimate) and sd map, drawn exactly as the
     test subjects' are, are compared with its HR inside the brain mask; the
-    scale s = sqrt(sum err^2 / sum sd^2) pooled over all their brain voxels is
-    written as JSON with each subject's RMS error and RMS sd, and the sampling
-    it holds for (``scale_sd`` multiplies a test subject's map by it).
+    calibration of ``sampling["calibration"]`` (floor and scale, pooled over all
+    their brain voxels) is written as JSON with each subject's RMS error and RMS
+    sd before and after, and the sampling and checkpoints (SHA-256) it holds for
+    (``calibrate_sd`` applies it to a test subject's map; ``check_sd_calibration``
+    refuses it for another model or sampling).
     """
     if not (len(subjects) == len(hr_paths) == len(mask_paths) == len(sr_paths) == len(sd_paths)) or not subjects:
-        raise ValueError("fit_sd_scale needs one HR, mask, SR and sd file per subject, and at least one subject")
-    per_subject, sums = {}, []
+        raise ValueError("fit_sd_calibration needs one HR, mask, SR and sd file per subject, and one subject at least")
+    volumes, sums = {}, []
     for subject, hr_path, mask_path, sr_path, sd_path in zip(subjects, hr_paths, mask_paths, sr_paths, sd_paths):
         hr, hr_affine = load_volume(hr_path)
         mask, _ = load_volume(mask_path)
@@ -258,71 +260,88 @@ def fit_sd_scale(
         sd, sd_affine = load_volume(sd_path)
         check_same_grid(sr, sr_affine, sr_path, hr, hr_affine, hr_path)
         check_same_grid(sd, sd_affine, sd_path, hr, hr_affine, hr_path)
-        t = metrics.calibration_sums(hr, sr, sd, mask > 0)
-        sums.append(t)
-        per_subject[subject] = {"rms_error": (t["sum_sq_error"] / t["voxels"]) ** 0.5,
-                                "rms_sd": (t["sum_sq_sd"] / t["voxels"]) ** 0.5, "voxels": t["voxels"]}
-    scale = metrics.sd_scale(sums)
-    voxels = sum(t["voxels"] for t in sums)
+        volumes[subject] = (hr, sr, sd, mask > 0)
+        sums.append(metrics.calibration_sums(hr, sr, sd, mask > 0))
+    method = str(sampling.get("calibration", "floor_scale"))
+    fitted = metrics.fit_sd_calibration(sums, method)
+
+    def rms(t: Mapping[str, float], key: str) -> float:
+        return (t[key] / t["voxels"]) ** 0.5
+
+    per_subject = {}
+    for (subject, (hr, sr, sd, mask)), t in zip(volumes.items(), sums):
+        after = metrics.calibration_sums(hr, sr, fitted.apply(sd), mask)
+        per_subject[subject] = {"rms_error": rms(t, "sum_sq_error"), "rms_sd": rms(t, "sum_sq_sd"),
+                                "rms_sd_calibrated": rms(after, "sum_sq_sd"), "voxels": t["voxels"]}
+    pooled = {k: sum(t[k] for t in sums) for k in ("voxels", "sum_sq_error", "sum_sq_sd")}
     record = {
-        "method": "sigma_scaling", "scale": scale, "fitted_on": "validation",
-        "rms_error": (sum(t["sum_sq_error"] for t in sums) / voxels) ** 0.5,
-        "rms_sd": (sum(t["sum_sq_sd"] for t in sums) / voxels) ** 0.5,
-        "voxels": voxels, "subjects": per_subject, "sampling": dict(sampling),
+        "method": method, "floor": fitted.floor, "scale": fitted.scale, "fitted_on": "validation",
+        "rms_error": rms(pooled, "sum_sq_error"), "rms_sd": rms(pooled, "sum_sq_sd"), "voxels": pooled["voxels"],
+        "subjects": per_subject, "sampling": dict(sampling),
         "checkpoints": [{"path": str(p), "sha256": file_sha256(p)} for p in checkpoints],
     }
     with atomic_path(out_path) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    log.info("sd scale %.4f from %d validation subject(s), %d brain voxels: RMS error %.5f, RMS sd %.5f",
-             scale, len(subjects), voxels, record["rms_error"], record["rms_sd"])
+    log.info("sd calibration %s: floor %.5f, scale %.4f from %d validation subject(s), %d brain voxels "
+             "(RMS error %.5f, RMS sd %.5f)", method, fitted.floor, fitted.scale, len(subjects), pooled["voxels"],
+             record["rms_error"], record["rms_sd"])
 
 
-def read_sd_scale(path: str | Path) -> float:
-    """The scale of a ``fit_sd_scale`` file, checked."""
+def read_sd_calibration(path: str | Path) -> metrics.SdCalibration:
+    """The calibration of a ``fit_sd_calibration`` file, checked."""
     try:
-        scale = json.loads(Path(path).read_text())["scale"]
+        record = json.loads(Path(path).read_text())
+        values = {k: record[k] for k in ("floor", "scale")}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{path}: not an sd scale file ({err})") from err
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise InputError(f"{path}: the sd scale must be a positive number, not {scale!r}")
-    return float(scale)
+        raise InputError(f"{path}: not an sd calibration file ({err!r})") from err
+    for key, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise InputError(f"{path}: the sd calibration's {key} must be a number >= 0, not {value!r}")
+    if not values["scale"] > 0:
+        raise InputError(f"{path}: the sd calibration's scale is 0: every voxel would get the same sd")
+    return metrics.SdCalibration(floor=float(values["floor"]), scale=float(values["scale"]))
 
 
-# The sampling settings an sd scale depends on: how spread the samples are, and what they are compared with.
-SD_SCALE_SAMPLING = ("method", "steps", "eta", "start_t", "n_samples", "estimate", "flip_ensemble", "variance",
+# The sampling settings an sd calibration depends on: how spread the samples are, and what they are compared with.
+SD_CALIBRATION_SAMPLING = ("method", "steps", "eta", "start_t", "n_samples", "estimate", "flip_ensemble", "variance",
                      "data_consistency")
 
 
-def check_sd_scale(path: str | Path, sampling: SamplingOptions, checkpoints: Sequence[str]) -> float:
-    """The scale of a ``fit_sd_scale`` file, if it holds for this model and sampling; else an ``InputError``.
+def check_sd_calibration(
+    path: str | Path, sampling: SamplingOptions, checkpoints: Sequence[str]
+) -> metrics.SdCalibration:
+    """The calibration of a ``fit_sd_calibration`` file, if it holds for this model and sampling; else an
+    ``InputError``.
 
-    A scale is the ratio of one model's error to its samples' spread under one
+    A calibration relates one model's error to its samples' spread under one
     sampler: with other checkpoints (by SHA-256) or other sampling settings
-    (``SD_SCALE_SAMPLING``) it means nothing.
+    (``SD_CALIBRATION_SAMPLING``) it means nothing.
     """
-    scale = read_sd_scale(path)
+    calibration = read_sd_calibration(path)
     record = json.loads(Path(path).read_text())
     fitted, now = record.get("sampling", {}), sampling.to_dict()
-    differ = [f"{k} {fitted.get(k)!r} (now {now[k]!r})" for k in SD_SCALE_SAMPLING if fitted.get(k) != now[k]]
+    differ = [f"{k} {fitted.get(k)!r} (now {now[k]!r})" for k in SD_CALIBRATION_SAMPLING if fitted.get(k) != now[k]]
     if differ:
         raise InputError(f"{path}: fitted with other sampling settings: {', '.join(differ)}; "
-                         "a scale holds only for the sampling it was fitted with")
+                         "a calibration holds only for the sampling it was fitted with")
     if not record.get("checkpoints"):
         raise InputError(f"{path}: records no checkpoints, so it cannot be checked against these (written by an "
-                         "older mrisr?); fit it again: snakemake results/calibration/sd_scale.json")
+                         "older mrisr?); fit it again: snakemake results/calibration/sd_calibration.json")
     fitted_hashes = [c.get("sha256") for c in record["checkpoints"]]
     if fitted_hashes != [file_sha256(p) for p in checkpoints]:
         raise InputError(f"{path}: fitted for other checkpoints than {', '.join(map(str, checkpoints))} "
-                         "(their SHA-256 differ); a scale holds only for the model it was fitted on")
-    return scale
+                         "(their SHA-256 differ); a calibration holds only for the model it was fitted on")
+    return calibration
 
 
-def scale_sd(sd_path: str, scale_path: str, out_path: str) -> None:
-    """A test subject's calibrated sd map: its samples' sd times the validation-fitted scale (``fit_sd_scale``)."""
-    scale = read_sd_scale(scale_path)
+def calibrate_sd(sd_path: str, calibration_path: str, out_path: str) -> None:
+    """A test subject's calibrated sd map: its samples' sd through the validation-fitted calibration
+    (``fit_sd_calibration``): sqrt(floor^2 + scale^2 sd^2)."""
+    calibration = read_sd_calibration(calibration_path)
     sd, affine = load_volume(sd_path)
-    save_volume(out_path, (sd * scale).astype(np.float32), affine)
-    log.info("%s -> %s: sd times %.4f (%s)", sd_path, out_path, scale, scale_path)
+    save_volume(out_path, calibration.apply(sd), affine)
+    log.info("%s -> %s: sqrt(%.5f^2 + (%.4f sd)^2) (%s)", sd_path, out_path, calibration.floor, calibration.scale,
+             calibration_path)
 
 
 def collect_metrics(paths: Sequence[str], out_path: str) -> None:

@@ -43,7 +43,7 @@ if APPLY.enabled:
         output:
             **DERIVATIVE_OUTPUTS,
         params:
-            sampling=SAMPLING,
+            sampling=INFERENCE_SAMPLING,
             device=config["device"],
             percentile=config["skullstrip"]["percentile"],
             sources=scan_sources,

@@ -16,10 +16,10 @@ if APPLY.enabled:
 
     APPLY_MODEL = cascade_configs(APPLY.checkpoints)[0]
     check_combinations(APPLY_MODEL["diffusion"], config["sampling"])
-    if APPLY.sd_scale:  # a scale from another model or sampler stops the run here
-        from mrisr.pipeline import check_sd_scale
+    if APPLY.sd_calibration:  # a calibration from another model or sampler stops the run here
+        from mrisr.pipeline import check_sd_calibration
 
-        check_sd_scale(APPLY.sd_scale, SAMPLING_OPTIONS, APPLY.checkpoints)
+        check_sd_calibration(APPLY.sd_calibration, SAMPLING_OPTIONS, APPLY.checkpoints)
 # The masked protocol needs the brain mask to normalise a scan; the acquisition protocol
 # does not, so a scan whose brain cannot be found is still super-resolved (whole head).
 APPLY_NEEDS_MASK = bool(APPLY_MODEL) and APPLY_MODEL["degrade"].get("protocol", "masked") == "masked"
@@ -55,8 +55,8 @@ def apply_inputs(wildcards):
     files = {"scan": rules.fetch.output.t1.format(subject=scan_subject(wildcards)), "checkpoints": list(APPLY.checkpoints)}
     if APPLY_NEEDS_MASK:
         files["mask"] = MASK_OUTPUTS["mask"].format(scan=wildcards.scan)
-    if APPLY.sd_scale and "sd" in DERIVATIVE_OUTPUTS:
-        files["sd_scale"] = APPLY.sd_scale
+    if APPLY.sd_calibration and "sd" in DERIVATIVE_OUTPUTS:
+        files["sd_calibration"] = APPLY.sd_calibration
     return files
 
 
@@ -76,7 +76,7 @@ def held_out_files(wildcards):
     if "sd" in SR_OUTPUTS:
         files["sd"] = SD_MAP.format(subject=subject)
     if CALIBRATION_SUBJECTS:
-        files["sd_scale"] = rules.fit_sd_scale.output.json
+        files["sd_calibration"] = rules.fit_sd_calibration.output.json
     return files
 
 

@@ -63,6 +63,9 @@ MODEL_CONFIG = canonical(model_config(config))
 check_combinations(config["diffusion"], config["sampling"])  # stops the run before any job, with the reason
 SAMPLING_OPTIONS = SamplingOptions.from_mapping(config["sampling"])
 SAMPLING = canonical(SAMPLING_OPTIONS.to_dict())
+# What the inference jobs get: the sampling without the sd map's calibration
+# keys, so that changing how the map is calibrated re-runs the calibration only.
+INFERENCE_SAMPLING = {k: v for k, v in SAMPLING.items() if k not in ("calibration_subjects", "calibration")}
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.
 COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
@@ -76,9 +79,9 @@ SR_OUTPUTS = {
 # Per-subject metrics, and the error-versus-uncertainty table with an sd map.
 EVAL_OUTPUTS = {"tsv": "results/metrics/{subject}.tsv"}
 # The sd map a test subject gets (sd.nii.gz). With sampling.calibration_subjects
-# the samples' sd is written as sd_uncalibrated.nii.gz and scaled by one factor
-# fitted on that many validation subjects (rules super_resolve_val, fit_sd_scale,
-# scale_sd; sigma-scaling, metrics.sd_scale); otherwise it is the map itself.
+# the samples' sd is written as sd_uncalibrated.nii.gz and calibrated on that many
+# validation subjects (rules super_resolve_val, fit_sd_calibration, calibrate_sd;
+# metrics.fit_sd_calibration); otherwise it is the map itself.
 SD_MAP = "results/sr/{subject}/sd.nii.gz"
 CALIBRATION_SUBJECTS = []
 if SAMPLING_OPTIONS.n_samples > 1:

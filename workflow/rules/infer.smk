@@ -9,7 +9,7 @@ rule super_resolve:
     output:
         **SR_OUTPUTS,
     params:
-        sampling=SAMPLING,
+        sampling=INFERENCE_SAMPLING,
         device=config["device"],
     log:
         "results/logs/super_resolve/{subject}.log",
@@ -49,7 +49,7 @@ rule super_resolve_compare:
         sr="results/compare/{name}/sr/{subject}/sr.nii.gz",
         stages=expand("results/compare/{{name}}/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
     params:
-        sampling=SAMPLING,
+        sampling=INFERENCE_SAMPLING,
         device=config["device"],
     log:
         "results/logs/super_resolve_compare/{name}_{subject}.log",
@@ -76,7 +76,7 @@ if CALIBRATION_SUBJECTS:
             stages=expand("results/calibration/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
             sd="results/calibration/{subject}/sd_uncalibrated.nii.gz",
         params:
-            sampling=SAMPLING,
+            sampling=INFERENCE_SAMPLING,
             device=config["device"],
         log:
             "results/logs/super_resolve_val/{subject}.log",
@@ -89,8 +89,9 @@ if CALIBRATION_SUBJECTS:
         script:
             "../scripts/super_resolve.py"
 
-    # One scale for the sd maps: RMS error over RMS sd in the validation subjects' brains.
-    rule fit_sd_scale:
+    # The sd maps' calibration (sampling.calibration: floor and scale, or scale only),
+    # fitted on the validation subjects' brains.
+    rule fit_sd_calibration:
         localrule: True
         input:
             hr=expand(rules.skullstrip.output.t1, subject=CALIBRATION_SUBJECTS),
@@ -99,28 +100,28 @@ if CALIBRATION_SUBJECTS:
             sd=expand(rules.super_resolve_val.output.sd, subject=CALIBRATION_SUBJECTS),
             checkpoints=all_checkpoints,
         output:
-            json="results/calibration/sd_scale.json",
+            json="results/calibration/sd_calibration.json",
         params:
             subjects=CALIBRATION_SUBJECTS,
             sampling=SAMPLING,
         log:
-            "results/logs/fit_sd_scale.log",
+            "results/logs/fit_sd_calibration.log",
         conda:
             "../../envs/mrisr.yaml"
         script:
-            "../scripts/fit_sd_scale.py"
+            "../scripts/fit_sd_calibration.py"
 
     # A test subject's calibrated sd map (seconds of work).
-    rule scale_sd:
+    rule calibrate_sd:
         localrule: True
         input:
             sd=SR_OUTPUTS["sd"],
-            scale=rules.fit_sd_scale.output.json,
+            calibration=rules.fit_sd_calibration.output.json,
         output:
             sd=SD_MAP,
         log:
-            "results/logs/scale_sd/{subject}.log",
+            "results/logs/calibrate_sd/{subject}.log",
         conda:
             "../../envs/mrisr.yaml"
         script:
-            "../scripts/scale_sd.py"
+            "../scripts/calibrate_sd.py"

@@ -46,7 +46,7 @@ rule report:
         panels=expand(rules.plot_slices.output.panels, subject=TEST_SUBJECTS),
         sweeps=expand(rules.plot_slices.output.sweep, subject=TEST_SUBJECTS),
         calibration=expand(EVAL_OUTPUTS.get("calibration", []), subject=TEST_SUBJECTS),
-        sd_scale=rules.fit_sd_scale.output.json if CALIBRATION_SUBJECTS else [],
+        sd_calibration=rules.fit_sd_calibration.output.json if CALIBRATION_SUBJECTS else [],
         compare_logs=[log for logs in compare_train_logs().values() for log in logs],
     output:
         html=report(

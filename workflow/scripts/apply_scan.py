@@ -11,7 +11,7 @@ run_stage(
         sr=snakemake.output.sr,
         mask=snakemake.input.get("mask"),  # only under the masked protocol
         sd=snakemake.output.get("sd"),
-        sd_scale=snakemake.input.get("sd_scale"),  # apply.sd_scale
+        sd_calibration=snakemake.input.get("sd_calibration"),  # apply.sd_calibration
     ),
     checkpoints=list(snakemake.input.checkpoints),
     sampling=SamplingOptions.from_mapping(snakemake.params.sampling),

@@ -7,7 +7,7 @@ run_stage(
     snakemake,
     export_test_subject,
     inputs=HeldOutFiles(lr=snakemake.input.lr, sr=snakemake.input.sr, mask=snakemake.input.mask,
-                        sd=snakemake.input.get("sd"), sd_scale=snakemake.input.get("sd_scale")),
+                        sd=snakemake.input.get("sd"), sd_calibration=snakemake.input.get("sd_calibration")),
     out=ApplyFiles(scan=snakemake.input.lr, sr=snakemake.output.sr, sd=snakemake.output.get("sd")),
     out_mask=snakemake.output.mask,
     checkpoints=list(snakemake.input.checkpoints),

@@ -16,7 +16,7 @@ inputs = ReportInputs(
         for subject, panels, sweep in zip(snakemake.params.subjects, snakemake.input.panels, snakemake.input.sweeps)
     },
     calibration=list(snakemake.input.calibration),
-    sd_scale=snakemake.input.get("sd_scale") or None,
+    sd_calibration=snakemake.input.get("sd_calibration") or None,
     compare_logs=dict(snakemake.params.compare_logs),
     repo_dir=str(Path(snakemake.scriptdir).resolve().parents[1]),
 )

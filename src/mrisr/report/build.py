@@ -85,8 +85,9 @@ class ReportInputs:
     ``benchmarks`` Snakemake benchmark TSVs at ``.../benchmarks/<rule>/<job>.tsv``;
     ``slices`` {subject: (panels PNG, sweep GIF)} from ``slice_figures``;
     ``calibration`` the test subjects' ``{subject}_calibration.tsv`` when
-    several samples were drawn, and ``sd_scale`` the sd maps' scale fitted on
-    validation subjects (``pipeline.fit_sd_scale``) when they were calibrated; ``repo_dir`` the checkout, for its git state.
+    several samples were drawn, and ``sd_calibration`` the sd maps' calibration
+    fitted on validation subjects (``pipeline.fit_sd_calibration``) when they
+    were calibrated; ``repo_dir`` the checkout, for its git state.
     """
 
     metrics: str
@@ -96,7 +97,7 @@ class ReportInputs:
     benchmarks: Sequence[str] = ()
     slices: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     calibration: Sequence[str] = ()
-    sd_scale: str | None = None
+    sd_calibration: str | None = None
     compare_logs: Mapping[str, Sequence[str]] = field(default_factory=dict)
     repo_dir: str | None = None
 
@@ -178,7 +179,7 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs) -> dict[str, floa
                        for p in inputs.calibration}
         pooled = tables.pooled_calibration(calibration) if calibration else None
         uncertainty_png = figures.uncertainty_figure(calibration, pooled) if pooled else None
-        sd_scale = json.loads(Path(inputs.sd_scale).read_text()) if inputs.sd_scale else None
+        sd_calibration = json.loads(Path(inputs.sd_calibration).read_text()) if inputs.sd_calibration else None
     with timed("slices", timings):
         shown = _showcased_slices(rows, inputs.slices)
     with timed("page", timings):
@@ -196,7 +197,7 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs) -> dict[str, floa
             *compared,
             ("slices", "Slices", page.slices_section(shown, len({r["subject"] for r in rows}))),
             ("uncertainty", "Uncertainty", page.uncertainty_section(
-                pooled, uncertainty_png, config["sampling"], len(calibration), sd_scale)),
+                pooled, uncertainty_png, config["sampling"], len(calibration), sd_calibration)),
             ("training", "Training", page.training_section(train, loss_png)),
             ("schedule", "Noise schedule", page.schedule_section(
                 config["diffusion"], config["sampling"], schedule_png, signal_loss)),

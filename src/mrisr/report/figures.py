@@ -139,13 +139,16 @@ def uncertainty_figure(per_subject: Mapping[str, Mapping[str, Sequence[float]]],
     dashed diagonal the error is as large as the sd predicts; above it the
     samples are over-confident, below it under-confident.
     """
+    def sd(t: Mapping[str, Sequence[float]]) -> Sequence[float]:  # RMS in the bin (older tables: the mean)
+        return t.get("rms_sd") or t["sd"]
+
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for subject, t in sorted(per_subject.items()):
-        ax.plot(t["sd"], t["rmse"], "-", color="#9fb7d0", lw=1, alpha=0.8)
-    ax.plot(pooled["sd"], pooled["rmse"], "o-", color="#1f77b4", ms=4, label=f"pooled ({len(per_subject)} subjects)")
-    top = max(max(pooled["sd"]), max(pooled["rmse"]), *(max(t["rmse"]) for t in per_subject.values())) * 1.05
+        ax.plot(sd(t), t["rmse"], "-", color="#9fb7d0", lw=1, alpha=0.8)
+    ax.plot(sd(pooled), pooled["rmse"], "o-", color="#1f77b4", ms=4, label=f"pooled ({len(per_subject)} subjects)")
+    top = max(max(sd(pooled)), max(pooled["rmse"]), *(max(t["rmse"]) for t in per_subject.values())) * 1.05
     ax.plot([0, top], [0, top], "--", color="#7f7f7f", lw=1, label="error = predicted sd")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted sd (mean in bin)", ylabel="RMS error of SR in bin")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted sd (RMS in bin)", ylabel="RMS error of SR in bin")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()

@@ -250,7 +250,7 @@ def models_section(models: Sequence[Mapping], summaries: Sequence[MethodSummary]
 
 def uncertainty_section(
     pooled: Mapping[str, Sequence[float]] | None, png: bytes | None, sampling: Mapping, n_subjects: int,
-    sd_scale: Mapping | None = None,
+    sd_calibration: Mapping | None = None,
 ) -> str:
     head = '<h2 id="uncertainty">Uncertainty</h2>'
     n = int(sampling.get("n_samples", 1))
@@ -263,11 +263,13 @@ def uncertainty_section(
     what = ("the posterior-mean estimate (x0 prediction from pure noise)" if estimate == "posterior_mean"
             else f"the mean of the {n} samples")
     ratio = pooled["rmse"][-1] / pooled["rmse"][0] if pooled["rmse"][0] > 0 else float("nan")
-    # bins hold equal counts, so the mean of the bins' squared errors is the overall mean squared error
-    rms_sd = math.sqrt(sum(v * v for v in pooled["sd"]) / len(pooled["sd"]))
+    # bins hold equal counts, so the mean of the bins' mean squares is the overall mean square
+    rms_sds = pooled.get("rms_sd") or pooled["sd"]
+    rms_sd = math.sqrt(sum(v * v for v in rms_sds) / len(rms_sds))
     rms_error = math.sqrt(sum(e * e for e in pooled["rmse"]) / len(pooled["rmse"]))
-    rows = [[f"{k + 1}", num(sd, 4), num(err, 4), num(err / sd if sd > 0 else None, 2)]
-            for k, (sd, err) in enumerate(zip(pooled["sd"], pooled["rmse"]))]
+    ends = [rms_sds[k] / pooled["rmse"][k] if pooled["rmse"][k] > 0 else None for k in (0, -1)]
+    rows = [[f"{k + 1}", num(sd, 4), num(rms, 4), num(err, 4), num(err / rms if rms > 0 else None, 2)]
+            for k, (sd, rms, err) in enumerate(zip(pooled["sd"], rms_sds, pooled["rmse"]))]
     return "".join([
         head,
         f"<p>Per voxel, the sd map (<code>sd.nii.gz</code>, from {n} samples) against the error of SR, "
@@ -275,31 +277,37 @@ def uncertainty_section(
         f"Voxels are sorted by predicted sd into bins of equal count. The error in the most uncertain bin is "
         f"{fmt(ratio, 1)}× that in the least uncertain one. On the diagonal, errors are as large as the sd "
         "predicts; points above it are over-confident.</p>",
-        _calibration_text(sd_scale, rms_sd, rms_error),
+        _calibration_text(sd_calibration, rms_sd / rms_error if rms_error > 0 else None, ends),
         figure(data_uri(png, "image/png"), "binned error against predicted sd",
-               "RMS error of SR against the mean predicted sd per bin; thin lines are single subjects."),
-        table(["bin", "mean predicted sd", "RMS error", "error / sd"], rows, "uncertainty-bins"),
+               "RMS error of SR against the RMS predicted sd per bin; thin lines are single subjects."),
+        table(["bin", "mean predicted sd", "RMS predicted sd", "RMS error", "RMS error / RMS sd"], rows,
+              "uncertainty-bins"),
     ])
 
 
-def _calibration_text(sd_scale: Mapping | None, rms_sd: float, rms_error: float) -> str:
-    """How the sd map was calibrated, and how well it holds on the test subjects."""
-    held_out = rms_sd / rms_error if rms_error > 0 else None
-    if sd_scale is None:
+def _calibration_text(sd_calibration: Mapping | None, held_out: float | None, ends: Sequence[float | None]) -> str:
+    """How the sd map was calibrated, and how well it holds on the test subjects (overall and at both ends)."""
+    if sd_calibration is None:
         how = ("The map is the samples' standard deviation as drawn (<code>sampling.calibration_subjects: 0</code>): "
                "a few samples of a briefly trained model spread less than their error, and the mean of N samples "
                "has an expected squared error of (1 + 1/N) times the posterior variance.")
     else:
-        k = len(sd_scale.get("subjects", {}))
-        how = (f"The samples' standard deviation is multiplied by s = {fmt(sd_scale['scale'], 2)} (σ-scaling, after "
-               f"Laves et al. 2020), fitted on {k} validation subject{'s' if k != 1 else ''} super-resolved exactly "
-               f"as the test subjects are: there the RMS error of SR was {fmt(sd_scale['rms_error'], 4)} and the "
-               f"samples' RMS sd {fmt(sd_scale['rms_sd'], 4)} (<code>calibration/sd_scale.json</code>). "
-               "Nothing is fitted on the test subjects, so the figure below is a held-out check.")
+        k = len(sd_calibration.get("subjects", {}))
+        floor, scale = sd_calibration["floor"], sd_calibration["scale"]
+        formula = (f"√({fmt(floor, 4)}² + ({fmt(scale, 2)}·sd)²), a floor for the error no sample varies beside "
+                   "the samples' spread" if floor > 0 else f"{fmt(scale, 2)}·sd (σ-scaling, after Laves et al. 2020)")
+        how = (f"The map is the samples' standard deviation sd calibrated as {formula} "
+               f"(<code>sampling.calibration: {esc(str(sd_calibration.get('method', '')))}</code>), fitted on {k} "
+               f"validation subject{'s' if k != 1 else ''} super-resolved exactly as the test subjects are: there "
+               f"the RMS error of SR was {fmt(sd_calibration['rms_error'], 4)} and the samples' RMS sd "
+               f"{fmt(sd_calibration['rms_sd'], 4)} (<code>calibration/sd_calibration.json</code>). Nothing is "
+               "fitted on the test subjects, so the figures here are a held-out check.")
     return (f"<p>{how} On the test subjects RMS(sd) / RMS(error) = <b>{fmt(held_out, 2)}</b> "
-            "(1 = calibrated; below 1 the map is over-confident). Part of any error against the HR is the HR's own "
-            "noise, which no model can predict and no sd map of the anatomy explains; on the demo, whose noise-free "
-            "volumes are known, <code>benchmarks/hr_noise.py</code> measures that part (docs/benchmarks.md).</p>")
+            f"({fmt(ends[0], 2)} in the least uncertain bin, {fmt(ends[1], 2)} in the most uncertain one; "
+            "1 = calibrated, below 1 over-confident). Part of any error against the HR is the HR's own "
+            "noise, which no model can predict and no map of the samples' spread explains; on the demo, whose "
+            "noise-free volumes are known, <code>benchmarks/hr_noise.py</code> measures that part "
+            "(docs/benchmarks.md).</p>")
 
 
 def schedule_section(

@@ -206,15 +206,24 @@ def read_calibration(path: str | Path) -> dict[str, list[float]]:
     needed = {"sd", "rmse", "voxels"}
     if not rows or not needed <= set(rows[0]):
         raise ValueError(f"{path}: not a calibration table (needs columns {', '.join(sorted(needed))})")
-    return {key: [float(r[key]) for r in rows] for key in ("sd", "rmse", "mae", "voxels") if key in rows[0]}
+    return {key: [float(r[key]) for r in rows] for key in ("sd", "rms_sd", "rmse", "mae", "voxels") if key in rows[0]}
 
 
 def pooled_calibration(tables_: Mapping[str, Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
-    """Bin k of every subject pooled: voxel-weighted mean sd and root of the pooled mean squared error."""
+    """Bin k of every subject pooled: voxel-weighted mean sd, root of the pooled mean squared sd (tables written
+    before ``rms_sd`` was a column: the mean sd's) and root of the pooled mean squared error."""
     n_bins = min(len(t["sd"]) for t in tables_.values())
-    out: dict[str, list[float]] = {"sd": [], "rmse": []}
+    out: dict[str, list[float]] = {"sd": [], "rms_sd": [], "rmse": []}
+
+    def pooled(k: int, key: str, weights: Sequence[float], square: bool) -> float:
+        values = [t[key][k] if key in t else t["sd"][k] for t in tables_.values()]
+        if square:
+            return math.sqrt(sum(v * v * n for v, n in zip(values, weights)) / sum(weights))
+        return sum(v * n for v, n in zip(values, weights)) / sum(weights)
+
     for k in range(n_bins):
         w = [t["voxels"][k] for t in tables_.values()]
-        out["sd"].append(sum(t["sd"][k] * n for t, n in zip(tables_.values(), w)) / sum(w))
-        out["rmse"].append(math.sqrt(sum(t["rmse"][k] ** 2 * n for t, n in zip(tables_.values(), w)) / sum(w)))
+        out["sd"].append(pooled(k, "sd", w, square=False))
+        out["rms_sd"].append(pooled(k, "rms_sd", w, square=True))
+        out["rmse"].append(pooled(k, "rmse", w, square=True))
     return out

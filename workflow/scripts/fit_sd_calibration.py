@@ -1,10 +1,10 @@
 from _adapter import run_stage
 
-from mrisr.pipeline import fit_sd_scale
+from mrisr.pipeline import fit_sd_calibration
 
 run_stage(
     snakemake,
-    fit_sd_scale,
+    fit_sd_calibration,
     subjects=list(snakemake.params.subjects),
     hr_paths=list(snakemake.input.hr),
     mask_paths=list(snakemake.input.mask),
