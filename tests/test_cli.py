@@ -119,8 +119,8 @@ def test_sd_calibration_calibrates_the_sd_map_and_is_refused_for_another_model_o
     assert f"{scale}: fitted for other checkpoints than {checkpoint}" in error(*sd)
     scale.write_text(json.dumps({k: v for k, v in record.items() if k != "checkpoints"}))
     assert f"{scale}: records no checkpoints" in error(*sd)
-    scale.write_text(json.dumps(record | {"scale": 0}))
-    assert f"{scale}: the sd calibration's scale is 0" in error(*sd)
+    scale.write_text(json.dumps(record | {"floor": -0.1}))
+    assert f"{scale}: the sd calibration's floor must be a number >= 0, not -0.1" in error(*sd)
 
 
 def _bad(tmp_path: Path, name: str, data, affine=np.eye(4) * 8) -> Path:

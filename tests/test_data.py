@@ -156,6 +156,11 @@ def test_sd_calibration_with_a_floor_recovers_a_floor_and_a_scale_and_keeps_the_
     steep = ref + np.where(sd > 0.01, 5 * sd, 0.0)
     sums = metrics.calibration_sums(ref, steep, sd, whole)
     assert metrics.fit_sd_calibration([sums]) == metrics.fit_sd_calibration([sums], "scale")
+    # errors that fall where the samples spread more: a negative slope becomes 0, the map the constant RMS error
+    inverse = ref + 0.03 - sd
+    sums = metrics.calibration_sums(ref, inverse, sd, whole)
+    fitted = metrics.fit_sd_calibration([sums])
+    assert fitted.scale == 0 and fitted.floor == pytest.approx(np.sqrt(sums["sum_sq_error"] / sums["voxels"]))
 
 
 def test_fit_sd_calibration_then_calibrate_sd_make_the_validation_maps_rms_match_their_error(tmp_path):

@@ -456,6 +456,9 @@ def test_uncertainty_section_of_an_uncalibrated_map_says_so():
         "method": "scale", "floor": 0.0, "scale": 4.0, "rms_error": 0.04, "rms_sd": 0.01, "subjects": {"v": {}}})
     assert "calibrated as 4.00·sd (σ-scaling" in scaled and "RMS(sd) / RMS(error) = <b>0.81</b>" in scaled
     assert "(1.00 in the least uncertain bin, 0.75 in the most uncertain one" in scaled
+    constant = page.uncertainty_section(pooled, b"png", {"n_samples": 3}, 2, {
+        "method": "floor_scale", "floor": 0.03, "scale": 0.0, "rms_error": 0.03, "rms_sd": 0.01, "subjects": {}})
+    assert "calibrated as the constant 0.0300, the validation subjects' RMS error" in constant
 
 
 def test_training_cost_takes_its_peak_memory_from_the_train_log():

@@ -282,6 +282,9 @@ def fit_sd_calibration(
     }
     with atomic_path(out_path) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if fitted.scale == 0:
+        log.warning("the samples' sd does not rise with the error on the validation subjects: every test subject's "
+                    "sd map is the constant %.5f, their RMS error", fitted.floor)
     log.info("sd calibration %s: floor %.5f, scale %.4f from %d validation subject(s), %d brain voxels "
              "(RMS error %.5f, RMS sd %.5f)", method, fitted.floor, fitted.scale, len(subjects), pooled["voxels"],
              record["rms_error"], record["rms_sd"])
@@ -297,8 +300,6 @@ def read_sd_calibration(path: str | Path) -> metrics.SdCalibration:
     for key, value in values.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise InputError(f"{path}: the sd calibration's {key} must be a number >= 0, not {value!r}")
-    if not values["scale"] > 0:
-        raise InputError(f"{path}: the sd calibration's scale is 0: every voxel would get the same sd")
     return metrics.SdCalibration(floor=float(values["floor"]), scale=float(values["scale"]))
 
 
