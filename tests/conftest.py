@@ -213,7 +213,9 @@ def check_tiny_outputs(workdir: Path) -> None:
         assert (res / "models" / f"stage{stage}" / "loss.png").stat().st_size > 0
     scale = json.loads((res / "calibration" / "sd_calibration.json").read_text())
     assert sorted(scale["subjects"]) == sorted(s for s, v in splits.items() if v == "val")
-    assert scale["scale"] > 0 and scale["floor"] >= 0 and scale["sampling"]["n_samples"] == 2
+    # (the tiny model's spread may not rise with its error: then the scale is 0 and the map the RMS error)
+    assert scale["scale"] >= 0 and scale["floor"] >= 0 and scale["scale"] + scale["floor"] > 0
+    assert scale["sampling"]["n_samples"] == 2
     assert scale["method"] == "floor_scale"
     assert (res / "calibration" / list(scale["subjects"])[0] / "sd_uncalibrated.nii.gz").exists()
     for subject in test_subjects:
