@@ -252,15 +252,14 @@ def fit_sd_calibration(
     """
     if not (len(subjects) == len(hr_paths) == len(mask_paths) == len(sr_paths) == len(sd_paths)) or not subjects:
         raise ValueError("fit_sd_calibration needs one HR, mask, SR and sd file per subject, and one subject at least")
-    volumes, sums = {}, []
-    for subject, hr_path, mask_path, sr_path, sd_path in zip(subjects, hr_paths, mask_paths, sr_paths, sd_paths):
+    sums = []  # a subject's volumes are read once and dropped: only their sums are kept
+    for hr_path, mask_path, sr_path, sd_path in zip(hr_paths, mask_paths, sr_paths, sd_paths):
         hr, hr_affine = load_volume(hr_path)
         mask, _ = load_volume(mask_path)
         sr, sr_affine = load_volume(sr_path)
         sd, sd_affine = load_volume(sd_path)
         check_same_grid(sr, sr_affine, sr_path, hr, hr_affine, hr_path)
         check_same_grid(sd, sd_affine, sd_path, hr, hr_affine, hr_path)
-        volumes[subject] = (hr, sr, sd, mask > 0)
         sums.append(metrics.calibration_sums(hr, sr, sd, mask > 0))
     method = str(sampling.get("calibration", "floor_scale"))
     fitted = metrics.fit_sd_calibration(sums, method)
@@ -268,11 +267,10 @@ def fit_sd_calibration(
     def rms(t: Mapping[str, float], key: str) -> float:
         return (t[key] / t["voxels"]) ** 0.5
 
-    per_subject = {}
-    for (subject, (hr, sr, sd, mask)), t in zip(volumes.items(), sums):
-        after = metrics.calibration_sums(hr, sr, fitted.apply(sd), mask)
-        per_subject[subject] = {"rms_error": rms(t, "sum_sq_error"), "rms_sd": rms(t, "sum_sq_sd"),
-                                "rms_sd_calibrated": rms(after, "sum_sq_sd"), "voxels": t["voxels"]}
+    # the calibrated map's mean square over a subject's voxels: floor^2 + scale^2 mean(sd^2)
+    per_subject = {subject: {"rms_error": rms(t, "sum_sq_error"), "rms_sd": rms(t, "sum_sq_sd"),
+                             "rms_sd_calibrated": math.hypot(fitted.floor, fitted.scale * rms(t, "sum_sq_sd")),
+                             "voxels": t["voxels"]} for subject, t in zip(subjects, sums)}
     pooled = {k: sum(t[k] for t in sums) for k in ("voxels", "sum_sq_error", "sum_sq_sd")}
     record = {
         "method": method, "floor": fitted.floor, "scale": fitted.scale, "fitted_on": "validation",
