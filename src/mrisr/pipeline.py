@@ -288,8 +288,8 @@ def fit_sd_calibration(
              record["rms_error"], record["rms_sd"])
 
 
-def read_sd_calibration(path: str | Path) -> metrics.SdCalibration:
-    """The calibration of a ``fit_sd_calibration`` file, checked."""
+def _sd_calibration_record(path: str | Path) -> tuple[dict[str, Any], metrics.SdCalibration]:
+    """A ``fit_sd_calibration`` file, read once: its record and its checked calibration."""
     try:
         record = json.loads(Path(path).read_text())
         values = {k: record[k] for k in ("floor", "scale")}
@@ -298,12 +298,17 @@ def read_sd_calibration(path: str | Path) -> metrics.SdCalibration:
     for key, value in values.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise InputError(f"{path}: the sd calibration's {key} must be a number >= 0, not {value!r}")
-    return metrics.SdCalibration(floor=float(values["floor"]), scale=float(values["scale"]))
+    return record, metrics.SdCalibration(floor=float(values["floor"]), scale=float(values["scale"]))
+
+
+def read_sd_calibration(path: str | Path) -> metrics.SdCalibration:
+    """The calibration of a ``fit_sd_calibration`` file, checked."""
+    return _sd_calibration_record(path)[1]
 
 
 # The sampling settings an sd calibration depends on: how spread the samples are, and what they are compared with.
 SD_CALIBRATION_SAMPLING = ("method", "steps", "eta", "start_t", "n_samples", "estimate", "flip_ensemble", "variance",
-                     "data_consistency")
+                           "data_consistency")
 
 
 def check_sd_calibration(
@@ -316,8 +321,7 @@ def check_sd_calibration(
     sampler: with other checkpoints (by SHA-256) or other sampling settings
     (``SD_CALIBRATION_SAMPLING``) it means nothing.
     """
-    calibration = read_sd_calibration(path)
-    record = json.loads(Path(path).read_text())
+    record, calibration = _sd_calibration_record(path)
     fitted, now = record.get("sampling", {}), sampling.to_dict()
     differ = [f"{k} {fitted.get(k)!r} (now {now[k]!r})" for k in SD_CALIBRATION_SAMPLING if fitted.get(k) != now[k]]
     if differ:
