@@ -39,9 +39,9 @@ def sidecar_path(image: str) -> str:
 
 @dataclass(frozen=True)
 class ApplyFiles:
-    """One scan's apply job: the scan in (and its brain mask, which the masked protocol needs, and the training
-    run's sd calibration, ``apply.sd_calibration``); the derivatives out (``sr``, and ``sd`` with several samples), each with
-    its sidecar beside it."""
+    """One scan's apply job: the scan in (and its brain mask, which the masked protocol needs, and the
+    training run's sd calibration, ``apply.sd_calibration``); the derivatives out (``sr``, and ``sd`` with
+    several samples), each with its sidecar beside it."""
 
     scan: str
     sr: str

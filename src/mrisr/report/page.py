@@ -294,11 +294,14 @@ def _calibration_text(sd_calibration: Mapping | None, held_out: float | None, en
     else:
         k = len(sd_calibration.get("subjects", {}))
         floor, scale = sd_calibration["floor"], sd_calibration["scale"]
-        formula = (f"√({fmt(floor, 4)}² + ({fmt(scale, 2)}·sd)²), a floor for the error no sample varies beside "
-                   "the samples' spread" if floor > 0 else f"{fmt(scale, 2)}·sd (σ-scaling, after Laves et al. 2020)")
         if scale == 0:
             formula = (f"the constant {fmt(floor, 4)}, the validation subjects' RMS error: there the samples' "
                        "spread did not rise with the error, so it says nothing about where the error is")
+        elif floor > 0:
+            formula = (f"√({fmt(floor, 4)}² + ({fmt(scale, 2)}·sd)²), a floor for the error no sample varies "
+                       "beside the samples' spread")
+        else:
+            formula = f"{fmt(scale, 2)}·sd (σ-scaling, after Laves et al. 2020)"
         how = (f"The map is the samples' standard deviation sd calibrated as {formula} "
                f"(<code>sampling.calibration: {esc(str(sd_calibration.get('method', '')))}</code>), fitted on {k} "
                f"validation subject{'s' if k != 1 else ''} super-resolved exactly as the test subjects are: there "
