@@ -13,26 +13,61 @@ from mrisr.data.splits import read_splits, split_subjects, write_splits
 
 @pytest.fixture(scope="module")
 def demo_pair():
-    return make_demo_subject(0, seed=0, voxel_size_mm=4.0), make_demo_subject(1, seed=0, voxel_size_mm=4.0)
+    return (make_demo_subject(0, seed=0, voxel_size_mm=4.0, anatomy="template"),
+            make_demo_subject(1, seed=0, voxel_size_mm=4.0, anatomy="template"))
 
 
-def test_demo_subjects_are_real_distinct_and_reproducible(demo_pair):
+def test_template_demo_subjects_are_distinct_and_reproducible(demo_pair):
     a, b = demo_pair
     assert a.t1.shape == (49, 58, 47)  # the 1 mm template's field of view at 4 mm
     assert 0.15 < a.mask.mean() < 0.3  # the MNI brain is ~22 % of the field of view
     brain = a.mask > 0
     assert a.t1[brain].mean() > 5 * a.t1[~brain].mean(), "brain brighter than noisy background"
     assert np.abs(a.t1 - b.t1).mean() > 0.1 * a.t1.mean(), "subjects differ"
-    again = make_demo_subject(0, seed=0, voxel_size_mm=4.0)
+    again = make_demo_subject(0, seed=0, voxel_size_mm=4.0, anatomy="template")
     np.testing.assert_array_equal(a.t1, again.t1)
     np.testing.assert_allclose(a.affine[:3, :3], np.diag([4.0, 4.0, 4.0]))
+
+
+def test_real_demo_subjects_are_the_shipped_brains_in_a_head():
+    """Subject k is shipped brain k (different people): its mask is the brain's non-zero region, the brain's
+    voxels are the brain's own under a mild gamma, the head around it is bright, the subject is reproducible."""
+    from mrisr.data import cohort
+
+    assert cohort.n_brains() == 12 and cohort.DATASET["license"] == "CC0"
+    clean = make_demo_subject(2, seed=0, noise=False)
+    brain, affine = cohort.load_brain(2)
+    pad = (clean.t1.shape[0] - brain.shape[0]) // 2
+    inner = clean.mask[pad:pad + brain.shape[0], pad:pad + brain.shape[1], : brain.shape[2]]
+    np.testing.assert_array_equal(inner, brain > 0)
+    assert clean.mask.sum() == (brain > 0).sum()
+    np.testing.assert_allclose(clean.affine[:3, :3], affine[:3, :3])
+    np.testing.assert_allclose(clean.affine[:3, 3], affine[:3, :3] @ [-pad, -pad, 0] + affine[:3, 3])
+    values = clean.t1[clean.mask > 0] / clean.t1[clean.mask > 0].max()
+    assert np.corrcoef(np.log(values), np.log(brain[brain > 0]))[0, 1] > 0.9  # the same anatomy, bias aside
+    head = (clean.mask == 0) & (clean.t1 > 0.3 * np.percentile(clean.t1[clean.mask > 0], 99))
+    assert head.sum() > 0.1 * clean.mask.sum(), "a head around the brain"
+    other = make_demo_subject(3, seed=0, noise=False)
+    assert other.mask.sum() != clean.mask.sum(), "another person"
+    np.testing.assert_array_equal(make_demo_subject(2, seed=0).t1, make_demo_subject(2, seed=0).t1)
+    with pytest.raises(ValueError, match="12 subjects"):
+        make_demo_subject(12)
+    with pytest.raises(ValueError, match=r"\[2, 4\]"):
+        make_demo_subject(0, voxel_size_mm=1.5)
+
+
+def test_real_demo_subjects_at_a_coarser_grid_keep_their_brain_volume():
+    coarse = float(make_demo_subject(0, voxel_size_mm=3.0).mask.sum()) * 27.0
+    fine = float(make_demo_subject(0, noise=False).mask.sum()) * 8.0
+    assert abs(coarse - fine) < 0.03 * fine
+    np.testing.assert_allclose(np.abs(np.diag(make_demo_subject(1, voxel_size_mm=3.0).affine)[:3]), 3.0)
 
 
 def test_a_demo_subject_without_noise_is_the_same_subject_before_its_rician_noise(demo_pair):
     """noise=False: every draw but the noise identical; the difference is Rician noise of 1-2 % of the maximum
     (in the bright brain, nearly Gaussian with that sd)."""
     noisy = demo_pair[0]
-    clean = make_demo_subject(0, seed=0, voxel_size_mm=4.0, noise=False)
+    clean = make_demo_subject(0, seed=0, voxel_size_mm=4.0, noise=False, anatomy="template")
     np.testing.assert_array_equal(clean.mask, noisy.mask)
     np.testing.assert_array_equal(clean.affine, noisy.affine)
     bright = (noisy.mask > 0) & (clean.t1 > 0.5 * clean.t1.max())

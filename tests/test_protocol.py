@@ -23,17 +23,19 @@ def _head(seed: int = 0, shape=(41, 44, 38)):
     return t1.astype(np.float32), (r < 0.55)
 
 
-def _prepare(tmp_path, t1, mask, protocol: str, factor: int = 2):
-    """skullstrip and make_lr as the workflow runs them; returns (hr, lr, mask) arrays and their affines."""
+def _prepare(tmp_path, t1, mask, protocol: str, factor: int = 2, normalise: str = "field_of_view"):
+    """skullstrip and make_lr as the workflow runs them; returns (hr, lr, mask) arrays and their affines.
+    (The ball-in-a-shell head has no brain that brain extraction can find: its scale is its field of view's.)"""
     tmp_path.mkdir(exist_ok=True)
     raw, raw_mask = tmp_path / "raw.nii.gz", tmp_path / "raw_mask.nii.gz"
     save_volume(raw, t1, AFFINE)
     save_volume(raw_mask, mask.astype(np.uint8), AFFINE, dtype=np.uint8)
     files = {k: str(tmp_path / f"{protocol}_{k}.nii.gz") for k in ("hr", "mask", "lr")}
     acquisition = Acquisition(factor, 3, "spline") if protocol == "acquisition" else None
-    pipeline.skullstrip(str(raw), files["hr"], files["mask"], 3.0, factor, 99.5, str(raw_mask), acquisition)
+    pipeline.skullstrip(str(raw), files["hr"], files["mask"], 3.0, factor, 99.5, str(raw_mask), acquisition,
+                        normalise)
     pipeline.make_lr(files["hr"], files["lr"], factor, 3, "spline",
-                     raw_t1=str(raw) if protocol == "acquisition" else None)
+                     raw_t1=str(raw) if protocol == "acquisition" else None, normalise=normalise)
     return {k: load_volume(p) for k, p in files.items()}
 
 
@@ -79,3 +81,31 @@ def test_aligned_box_starts_and_ends_on_the_factor():
     assert all(s <= lo - 2 and s + n >= hi + 2 for s, n, lo, hi in zip(start, shape, (7, 5, 9), (20, 23, 18)))
     with pytest.raises(ValueError, match="not a box of the raw volume"):
         box_start(np.eye(4), np.diag([2.0, 2, 2, 1]))
+
+
+def test_the_brain_sets_the_scale_whatever_the_scalp():
+    """normalise: brain reads the percentile off the LR's own brain (found on the LR grid), so a scalp twice as
+    bright leaves the brain's normalised intensity within 3 %; the field of view's percentile moves with the scalp."""
+    from mrisr.data.demo import make_demo_subject
+    from mrisr.data.protocol import lr_scale
+
+    sub = make_demo_subject(4, noise=False)
+    head = sub.mask == 0
+    bright = np.where(head, 2.0 * sub.t1, sub.t1)
+    lr_affine = downsample_affine(sub.affine, 2)
+    acquisition = Acquisition(2)
+    scales = {normalise: [lr_scale(acquisition.lr_of_field_of_view(t1), lr_affine, 99.5, normalise)
+                          for t1 in (sub.t1, bright)] for normalise in ("brain", "field_of_view")}
+    assert abs(scales["brain"][1] / scales["brain"][0] - 1) < 0.03, scales
+    assert scales["field_of_view"][1] / scales["field_of_view"][0] > 1.3, scales
+    white = np.percentile(sub.t1[sub.mask > 0], 99.5)
+    assert abs(scales["brain"][0] / white - 1) < 0.05, (scales, white)
+
+
+def test_a_scan_without_a_findable_brain_is_refused_by_name():
+    from mrisr.data.brain_extraction import BrainExtractionError
+    from mrisr.data.protocol import lr_scale
+
+    t1, _ = _head()
+    with pytest.raises(BrainExtractionError, match="scan.nii.gz: no brain found to set the intensity scale"):
+        lr_scale(t1, AFFINE, 99.5, "brain", "scan.nii.gz")

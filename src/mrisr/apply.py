@@ -46,6 +46,15 @@ class Cascade:
         return str(self.stages[0].config["degrade"].get("protocol", "masked"))
 
     @property
+    def normalisation(self) -> tuple[str, float]:
+        """How a scan's intensity scale is read (``skullstrip.normalise``) and its percentile, as the training
+        run read them; checkpoints from before these were stored used the field of view's 99.5th percentile."""
+        stored = self.stages[0].config.get("skullstrip")
+        if stored is None:
+            return "field_of_view", 99.5
+        return str(stored.get("normalise", "field_of_view")), float(stored.get("percentile", 99.5))
+
+    @property
     def factor(self) -> int:
         return int(np.prod([s.factor for s in self.stages]))
 
@@ -103,16 +112,20 @@ class AppliedScan:
 
 
 def apply_cascade(
-    scan: Scan, cascade: Cascade, options: SamplingOptions, percentile: float = 99.5,
+    scan: Scan, cascade: Cascade, options: SamplingOptions, percentile: float | None = None,
     log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
     progress: Callable[[int, int, int, int], None] | None = None,
 ) -> AppliedScan:
     """Super-resolve ``scan`` with ``cascade`` (see the module doc); raises before any sampling on bad input.
 
+    ``percentile`` overrides the training run's (``Cascade.normalisation``).
     ``warn`` receives the voxel-size warning before sampling starts, ``log``
     the cascade's progress lines, ``progress`` every reverse step.
     """
-    normalised, scale = normalise_scan(scan.data, scan.brain, percentile, scan.path, cascade.protocol)
+    normalise, trained_percentile = cascade.normalisation
+    percentile = trained_percentile if percentile is None else percentile
+    normalised, scale = normalise_scan(scan.data, scan.brain, scan.affine, percentile, scan.path, cascade.protocol,
+                                       normalise)
     warning = cascade.voxel_size_warning(scan.affine, scan.path)
     if warning:
         warn(warning)

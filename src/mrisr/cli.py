@@ -3,12 +3,13 @@
     mrisr super-resolve IN.nii.gz -o OUT.nii.gz --model results/models/stage1/checkpoint.pt [...]
 
 The scan is brought to the intensity convention the cascade was trained with
-(its checkpoint's ``degrade.protocol``, ``data.protocol``): for the
-acquisition protocol, a whole-head scan as it is, scaled so the 99.5th
-percentile of its field of view is 1 and clipped to [0, 1]; for the seed's
-masked protocol, the brain only (the voxels of ``--mask`` when given, else
-the non-zero voxels of a skull-stripped scan), scaled so the brain's 99.5th
-percentile is 1. The output is written back in the input's intensity units,
+(its checkpoint's ``degrade.protocol`` and ``skullstrip`` settings,
+``data.protocol``): for the acquisition protocol, a whole-head scan as it
+is, scaled so the training run's percentile of its own brain (found on the
+scan's grid; or of its field of view, for models trained that way) is 1 and
+clipped to [0, 1]; for the seed's masked protocol, the brain only (the
+voxels of ``--mask`` when given, else the non-zero voxels of a
+skull-stripped scan), scaled so the brain's percentile is 1. The output is written back in the input's intensity units,
 on the grid ``factor`` times finer whose affine puts it exactly over the
 input in world space.
 """
@@ -111,9 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stage checkpoints, coarse to fine (results/models/stage*/checkpoint.pt)")
     sr.add_argument("--mask", help="brain mask on the input's grid (masked protocol: voxels outside it are removed; "
                                    "acquisition protocol: not needed)")
-    sr.add_argument("--percentile", type=float, default=99.5,
-                    help="intensity percentile mapped to 1, as in the workflow: of the field of view "
-                         "(acquisition protocol) or of the brain (masked) (default 99.5)")
+    sr.add_argument("--percentile", type=float, default=None,
+                    help="intensity percentile mapped to 1 (default: the training run's, stored in the checkpoint)")
     d = section_defaults("sampling")
     sr.add_argument("--sampler", choices=("ddim", "ancestral"), help=f"reverse process (default {d['method']})")
     sr.add_argument("--steps", type=int, help=f"reverse steps (default {d['steps']})")

@@ -80,7 +80,7 @@ def _sr_fields(records: list[dict], options: SamplingOptions, factor: int, voxel
 
 
 def apply_scan(files: ApplyFiles, checkpoints: Sequence[str], sampling: SamplingOptions, sources: Sequence[str],
-               percentile: float = 99.5, device: str = "auto") -> None:
+               percentile: float | None = None, device: str = "auto") -> None:
     """Super-resolve one scan as acquired (``apply.apply_cascade``) and write it as BIDS derivatives.
 
     ``sources`` are the derivative's ``Sources`` (the input's BIDS URI or
@@ -102,7 +102,9 @@ def apply_scan(files: ApplyFiles, checkpoints: Sequence[str], sampling: Sampling
         "Sources": list(sources), "SkullStripped": cascade.protocol != "acquisition",
         "InputVoxelSize": [round(float(v), 6) for v in voxel_sizes(scan.affine)],
         "TrainingInputVoxelSize": cascade.lr_voxel_size_mm, "VoxelSizeWarning": out.warning,
-        "NormalisationProtocol": cascade.protocol, "IntensityPercentile": percentile, "IntensityScale": out.scale,
+        "NormalisationProtocol": cascade.protocol, "IntensityNormalisation": cascade.normalisation[0],
+        "IntensityPercentile": cascade.normalisation[1] if percentile is None else percentile,
+        "IntensityScale": out.scale,
     }
     units = f"in the input's intensity units, on a grid ×{out.factor} finer whose affine lies exactly over the input"
     if files.sd is not None:
@@ -165,7 +167,7 @@ def export_test_subject(inputs: HeldOutFiles, out: ApplyFiles, out_mask: str, ch
     fields |= {"Sources": list(sources), "SkullStripped": False,
                "InputVoxelSize": [round(float(v), 6) for v in voxel_sizes(lr_affine)]}
     made = (f"from the simulated LR (×{factor}) of a training run's test subject, on the workflow's grid cropped "
-            "around the brain and its normalised intensity scale (the LR field of view's 99.5th percentile is 1)")
+            "around the brain and its normalised intensity scale (the training run's skullstrip.normalise)")
     if inputs.sd is not None and out.sd is not None:
         sd, sd_affine = load_volume(inputs.sd)  # already calibrated by the training run (calibrate_sd)
         save_volume(out.sd, sd, sd_affine)

@@ -20,7 +20,7 @@ from mrisr.config import SamplingOptions
 from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
 from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample_affine
 from mrisr.data.local import LocalScan
-from mrisr.data.protocol import Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, head_scale
+from mrisr.data.protocol import Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, lr_scale
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.sources import fetch_subject
 from mrisr.data.splits import split_subjects, write_splits
@@ -45,7 +45,7 @@ def fetch(subject: str, config: Mapping[str, Any], out_t1: str, out_mask: str | 
 def skullstrip(
     raw_t1: str, out_t1: str, out_mask: str,
     margin_mm: float, multiple: int, percentile: float,
-    raw_mask: str | None = None, acquisition: Acquisition | None = None,
+    raw_mask: str | None = None, acquisition: Acquisition | None = None, normalise: str = "brain",
 ) -> None:
     """Find the brain, crop to it (sides divisible by ``multiple``), normalise to [0, 1] (``data.protocol``).
 
@@ -53,7 +53,8 @@ def skullstrip(
     estimated from the T1 (``data.brain_extraction``). Either way it is written
     to ``out_mask``, beside the HR volume, on the same cropped grid. With
     ``acquisition`` (the acquisition protocol) the HR is the whole head in the
-    box, scaled by the percentile of its LR's field of view; without (the
+    box, scaled as its LR is (``data.protocol.lr_scale`` by ``normalise``: the
+    percentile of the LR's own brain, or of its field of view); without (the
     seed's masked protocol) it is the brain only, scaled by the brain's percentile.
     """
     t1, affine = load_volume(raw_t1)
@@ -64,11 +65,13 @@ def skullstrip(
         hr, box_mask, box_affine = out.t1, out.mask, out.affine
     else:
         start, shape = aligned_box(mask > 0, affine, margin_mm, multiple)
-        scale = head_scale(acquisition.lr_of_field_of_view(t1), percentile)
+        lr = acquisition.lr_of_field_of_view(t1)
+        scale = lr_scale(lr, downsample_affine(affine, acquisition.factor), percentile, normalise, raw_t1)
         hr, box_affine = crop_normalised(t1, affine, start, shape, scale)
         box_mask = crop_or_pad((mask > 0).astype(np.uint8), affine, start, shape)[0]
-        log.info("%s: whole head kept; intensity scale %.4g (the %gth percentile of its x%d LR's field of view)",
-                 raw_t1, scale, percentile, acquisition.factor)
+        where = "brain found on" if normalise == "brain" else "field of view of"
+        log.info("%s: whole head kept; intensity scale %.4g (the %gth percentile of the %s its x%d LR)",
+                 raw_t1, scale, percentile, where, acquisition.factor)
     save_volume(out_mask, box_mask, box_affine, dtype=np.uint8)
     save_volume(out_t1, hr, box_affine)
     log.info("%s -> %s: cropped to %s, brain %.1f %% of the box", raw_t1, out_t1, hr.shape, 100 * box_mask.mean())
@@ -101,12 +104,13 @@ def brain_mask_of(t1: np.ndarray, affine: np.ndarray, raw_t1: str, raw_mask: str
 
 
 def make_lr(hr_path: str, out_path: str, factor: int, order: int, method: str,
-            raw_t1: str | None = None, percentile: float = 99.5) -> None:
+            raw_t1: str | None = None, percentile: float = 99.5, normalise: str = "brain") -> None:
     """The LR volume; its file carries the coarse affine (``data.protocol``).
 
     With ``raw_t1`` (the acquisition protocol): the raw whole-head volume
     degraded over its field of view by ``factor`` with ``method``, scaled by
-    its ``percentile`` and cropped to the HR volume's box. Without (the seed's
+    its ``percentile`` (of its own brain or field of view: ``normalise``) and
+    cropped to the HR volume's box. Without (the seed's
     masked protocol): the HR volume itself degraded.
     """
     hr, affine = load_volume(hr_path)
@@ -115,7 +119,8 @@ def make_lr(hr_path: str, out_path: str, factor: int, order: int, method: str,
     else:
         t1, raw_affine = load_volume(raw_t1)
         start = box_start(raw_affine, affine)
-        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, Acquisition(factor, order, method), percentile)
+        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, Acquisition(factor, order, method),
+                                       percentile, normalise, raw_t1)
         if not np.allclose(lr_affine, downsample_affine(affine, factor), atol=1e-4):
             raise ValueError(f"{out_path}: the LR grid does not lie over the HR volume {hr_path}")
     save_volume(out_path, lr, lr_affine)

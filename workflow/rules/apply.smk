@@ -45,7 +45,6 @@ if APPLY.enabled:
         params:
             sampling=INFERENCE_SAMPLING,
             device=config["device"],
-            percentile=config["skullstrip"]["percentile"],
             sources=scan_sources,
         log:
             "results/logs/apply_scan/{scan}.log",

@@ -29,6 +29,7 @@ rule skullstrip:
     params:
         margin_mm=config["skullstrip"]["margin_mm"],
         percentile=config["skullstrip"]["percentile"],
+        normalise=config["skullstrip"]["normalise"],
         multiple=FACTOR,
         protocol=config["degrade"]["protocol"],
         order=config["degrade"]["order"],

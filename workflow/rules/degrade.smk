@@ -14,6 +14,7 @@ rule make_lr:
         order=config["degrade"]["order"],
         method=config["degrade"]["method"],
         percentile=config["skullstrip"]["percentile"],
+        normalise=config["skullstrip"]["normalise"],
     log:
         "results/logs/make_lr/{subject}_x{factor}.log",
     conda:

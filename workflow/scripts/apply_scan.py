@@ -16,6 +16,5 @@ run_stage(
     checkpoints=list(snakemake.input.checkpoints),
     sampling=SamplingOptions.from_mapping(snakemake.params.sampling),
     sources=list(snakemake.params.sources),
-    percentile=snakemake.params.percentile,
     device=snakemake.params.device,
 )

@@ -12,4 +12,5 @@ run_stage(
     method=snakemake.params.method,
     raw_t1=snakemake.input.get("raw"),  # the acquisition protocol's whole-head volume; absent: masked protocol
     percentile=snakemake.params.percentile,
+    normalise=snakemake.params.normalise,
 )

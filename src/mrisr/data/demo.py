@@ -1,27 +1,28 @@
-"""The embedded demo cohort: synthetic subjects made from real MRI shipped in nilearn.
+"""The embedded demo cohort: real brains (default) or the MNI152 template, in a synthetic head.
 
-nilearn ships the MNI152 2009c nonlinear symmetric T1 template at 1 mm
-(197 x 233 x 189, skull-stripped), its brain mask, and grey- and white-matter
-probability maps. Each demo subject is that anatomy pushed through a seeded
-random "acquisition":
+Two anatomies (``demo.anatomy``):
 
-1. a random rigid-plus-scaling pose (rotations up to 4 degrees, scaling up to
-   5 %, shifts up to 2 mm) and a smooth random deformation (up to ~3 mm), so
-   anatomy differs between subjects;
-2. tissue contrast changes (grey and white matter brightened or darkened by up
-   to 8 % each) and a gamma between 0.8 and 1.2;
-3. a head around the brain (``HEAD_LAYERS``: CSF, skull, marrow, muscle, fat
-   and skin at their usual T1 brightness and thickness, each boundary
-   wandering by up to 1 mm), so that the LR is made from a whole head as a
-   scanner's is (``data.protocol``); the brain mask stays exact;
-4. a smooth multiplicative bias field (about +-15 %), as from receive coils;
-5. voxels of ``voxel_size_mm`` (a Gaussian point-spread function of that FWHM),
-   and Rician noise at 1-2 % of the maximum intensity.
+- ``real`` (the default): demo subject k is the k-th of 12 real, individual
+  brains shipped in the package (OpenNeuro ds002748, CC0; ``data.cohort``),
+  so train, validation and test subjects are different people. Each brain
+  gets a mild gamma (0.9-1.1) and, on grids coarser than its 2 mm, the
+  point-spread function of the new voxel size.
+- ``template``: every subject is the MNI152 2009c nonlinear symmetric T1
+  template shipped in nilearn (197 x 233 x 189, 1 mm), pushed through a random
+  pose (rotations up to 4 degrees, scaling up to 5 %, shifts up to 2 mm), a
+  smooth deformation (up to ~3 mm), grey/white contrast changes of up to 8 %
+  and a gamma of 0.8-1.2: one smooth, averaged anatomy, kept for tests and
+  comparison.
 
-The subjects are synthetic: they share one underlying brain and are no
-substitute for a real cohort. They are distinct enough that a model trained
-on some and tested on others is tested on data it never saw. The same
-(index, seed, voxel size) always gives the same subject.
+Either way the brain is then wrapped in a head (``HEAD_LAYERS``: CSF, skull,
+marrow, muscle, fat and skin at their usual T1 thickness, each boundary
+wandering by up to 1 mm; with ``real`` their brightness varies between
+subjects, fat from 0.8 to 1.6 times white matter, as real T1 fat often
+outshines it), so that the LR is made from a whole head as a scanner's is
+(``data.protocol``); the brain mask stays exact. Then a smooth multiplicative
+bias field (about +-15 %), a scanner scale, and Rician noise at 1-2 % of
+white matter. The same (index, seed, voxel size, anatomy) always gives the
+same subject.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from mrisr.data import cohort
+
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+ANATOMIES = ("real", "template")
 
 # The layers of a head around the brain: (name, T1 brightness relative to white matter, thickness in mm),
-# brain outwards (also data/phantom.py's).
+# brain outwards (also data/phantom.py's). ``HEAD_BRIGHTNESS_RANGE``: the range each layer's brightness is drawn
+# from for a real-anatomy subject.
 HEAD_LAYERS: tuple[tuple[str, float, float], ...] = (
     ("csf", 0.25, 3.0),
     ("inner table", 0.08, 1.5),
@@ -44,6 +49,9 @@ HEAD_LAYERS: tuple[tuple[str, float, float], ...] = (
     ("muscle", 0.45, 2.0),
     ("fat", 0.95, 4.0),
     ("skin", 0.50, 1.0),
+)
+HEAD_BRIGHTNESS_RANGE: tuple[tuple[float, float], ...] = (
+    (0.15, 0.35), (0.04, 0.12), (0.40, 0.90), (0.04, 0.12), (0.35, 0.60), (0.80, 1.60), (0.35, 0.70),
 )
 
 
@@ -87,23 +95,65 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], control: int)
     return field / max(float(np.abs(field).max()), 1e-12)
 
 
-def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noise: bool = True) -> DemoSubject:
-    """Synthesise demo subject ``index`` (see the module docstring for the recipe).
+def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noise: bool = True,
+                      anatomy: str = "real") -> DemoSubject:
+    """Demo subject ``index`` of the ``anatomy`` (see the module docstring): whole head, scanner units.
 
-    Returns a volume on an isotropic grid of ``voxel_size_mm`` covering the
-    template's field of view. ``noise=False`` returns the same subject before
-    its Rician noise (every other draw identical): the noise-free volume that
-    tells how much of an SR error is the HR's own noise, which no model can predict.
+    ``noise=False`` returns the same subject before its Rician noise (every
+    other draw identical): the noise-free volume that tells how much of an SR
+    error is the HR's own noise, which no model can predict.
     """
     if index < 0:
         raise ValueError(f"subject index must be >= 0, got {index}")
-    if not 1.0 <= voxel_size_mm <= 4.0:
-        raise ValueError(f"voxel_size_mm must lie in [1, 4], got {voxel_size_mm}")
-    templates, template_affine = _templates()
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"unknown demo anatomy {anatomy!r}; allowed: {', '.join(ANATOMIES)}")
+    low = 2.0 if anatomy == "real" else 1.0
+    if not low <= voxel_size_mm <= 4.0:
+        raise ValueError(f"voxel_size_mm must lie in [{low:g}, 4] for the {anatomy} anatomy, got {voxel_size_mm}")
     rng = np.random.default_rng([int(seed), int(index)])
+    if anatomy == "real":
+        brain, mask, affine, layers = _real_brain(index, float(voxel_size_mm), rng)
+    else:
+        brain, mask, affine = _template_brain(float(voxel_size_mm), rng)
+        layers = np.array([b for _, b, _ in HEAD_LAYERS], dtype=np.float32)
+    t1 = wrap_in_head(brain, mask, float(voxel_size_mm), rng, layers)
+    t1 = t1 * np.exp(0.15 * smooth_field(rng, t1.shape, control=3))
+    t1 = 1000.0 * rng.uniform(0.8, 1.2) * t1
+    # noise: of white matter (real), of the maximum as it always was (template)
+    noise_sd = rng.uniform(0.01, 0.02) * float(np.percentile(t1[mask], 99) if anatomy == "real" else t1.max())
+    if not noise:
+        return DemoSubject(t1=t1.astype(np.float32), mask=mask.astype(np.uint8), affine=affine)
+    real = t1 + noise_sd * rng.standard_normal(t1.shape)
+    imag = noise_sd * rng.standard_normal(t1.shape)
+    t1 = np.sqrt(real**2 + imag**2).astype(np.float32)
+    return DemoSubject(t1=t1, mask=mask.astype(np.uint8), affine=affine)
 
-    # Output grid: boxes of voxel_size_mm over the template's field of view.
-    v = float(voxel_size_mm)
+
+def _real_brain(index: int, v: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shipped brain ``index`` on ``v`` mm voxels in a field of view with room for the head (none below: the
+    neck leaves it), a gamma applied; and its head layers' brightness. (brain, mask, affine, brightness)."""
+    if index >= cohort.n_brains():
+        raise ValueError(f"the real demo anatomy has {cohort.n_brains()} subjects (demo.n_subjects <= "
+                         f"{cohort.n_brains()}); there is no subject {index + 1}")
+    brain, affine = cohort.load_brain(index)
+    mask = brain > 0
+    if v != 2.0:
+        brain, mask, affine = cohort.resample_brain(brain, mask, affine, v)
+    brain = np.where(mask, brain, 0.0) ** rng.uniform(0.9, 1.1)
+    pad = int(np.ceil((sum(t for _, _, t in HEAD_LAYERS) + 6.0) / v))
+    widths = ((pad, pad), (pad, pad), (0, pad))
+    shift = np.eye(4)
+    shift[:3, 3] = [-pad, -pad, 0]
+    layers = np.array([rng.uniform(lo, hi) for lo, hi in HEAD_BRIGHTNESS_RANGE], dtype=np.float32)
+    return (np.pad(brain, widths).astype(np.float32), np.pad(mask, widths), affine @ shift, layers)
+
+
+def _template_brain(v: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The MNI152 template through a random pose, deformation and contrast, on ``v`` mm voxels over its field of
+    view: (brain, mask, affine)."""
+    templates, template_affine = _templates()
+
+    # Output grid: boxes of v mm over the template's field of view.
     shape = tuple(int(np.floor(n / v)) for n in templates["t1"].shape)
     grid = np.diag([v, v, v, 1.0])
     grid[:3, 3] = (v - 1.0) / 2.0
@@ -137,30 +187,25 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noi
     mask = resample("mask", 1) >= 0.5
     gm, wm = np.clip(resample("gm", 1), 0, 1), np.clip(resample("wm", 1), 0, 1)
 
-    # Contrast, bias field, scanner scale, Rician noise.
+    # Contrast.
     t1 = t1 ** rng.uniform(0.8, 1.2)
     t1 = t1 * (1.0 + rng.uniform(-0.08, 0.08) * gm + rng.uniform(-0.08, 0.08) * wm)
-    t1 = wrap_in_head(t1, mask, v, rng)
-    t1 = t1 * np.exp(0.15 * smooth_field(rng, shape, control=3))
-    t1 = 1000.0 * rng.uniform(0.8, 1.2) * t1
-    noise_sd = rng.uniform(0.01, 0.02) * float(t1.max())
-    if not noise:
-        return DemoSubject(t1=t1.astype(np.float32), mask=mask.astype(np.uint8), affine=affine)
-    real = t1 + noise_sd * rng.standard_normal(shape)
-    imag = noise_sd * rng.standard_normal(shape)
-    t1 = np.sqrt(real**2 + imag**2).astype(np.float32)
-    return DemoSubject(t1=t1, mask=mask.astype(np.uint8), affine=affine)
+    return t1, mask, affine
 
 
-def wrap_in_head(brain: np.ndarray, mask: np.ndarray, voxel_mm: float, rng: np.random.Generator) -> np.ndarray:
+def wrap_in_head(brain: np.ndarray, mask: np.ndarray, voxel_mm: float, rng: np.random.Generator,
+                 brightness: np.ndarray | None = None) -> np.ndarray:
     """``brain`` inside ``mask``; outside it the ``HEAD_LAYERS`` by distance from the brain (mm), each boundary
-    displaced by a smooth random field of up to +-1 mm, brightness relative to the brain's 99th percentile."""
+    displaced by a smooth random field of up to +-1 mm, brightness (each layer's, default ``HEAD_LAYERS``')
+    relative to the brain's 99th percentile."""
     white = float(np.percentile(brain[mask], 99))
     outside = ndimage.distance_transform_edt(~mask, sampling=voxel_mm).astype(np.float32)
     outside += smooth_field(rng, mask.shape, control=5)
     layer = np.searchsorted(np.cumsum([t for _, _, t in HEAD_LAYERS]), outside)
-    brightness = white * np.array([b for _, b, _ in HEAD_LAYERS] + [0.0], dtype=np.float32)
-    return np.where(mask, brain, brightness[layer]).astype(np.float32)
+    if brightness is None:
+        brightness = np.array([b for _, b, _ in HEAD_LAYERS], dtype=np.float32)
+    levels = white * np.append(np.asarray(brightness, dtype=np.float32), 0.0)
+    return np.where(mask, brain, levels[layer]).astype(np.float32)
 
 
 def demo_subject_ids(n_subjects: int) -> list[str]:

@@ -4,8 +4,13 @@
 any skull stripping, as a scanner acquires the whole field of view at low
 resolution. The raw volume is degraded over its whole field of view
 (``data.degrade``, the config's ``degrade.method``); the intensity scale is
-the ``percentile`` of that LR volume's whole field of view, so neither the
-HR's brain mask nor its intensities shape the LR. The HR (the whole head,
+read off that LR volume alone (``lr_scale``), so neither the HR's brain mask
+nor its intensities shape the LR: by default (``normalise: brain``) the
+``percentile`` of the LR's own brain, found on the LR grid by
+``data.brain_extraction`` exactly as it is found on a scan at apply time;
+or (``field_of_view``, the earlier rule) the ``percentile`` of its whole
+field of view, which a bright scalp (T1 fat often outshines white matter)
+pulls above the brain, putting the brain at half its usual intensity. The HR (the whole head,
 not masked) and the LR are then cropped to the same box around the brain
 (its start and size multiples of the factor, so the LR's crop is exactly the
 HR box's coarse grid), divided by that scale and clipped to [0, 1]. The
@@ -27,11 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
 from mrisr.data.degrade import downsample, downsample_affine
 from mrisr.data.skullstrip import brain_box
 from mrisr.io import VolumeError, crop_or_pad
 
 PROTOCOLS = ("acquisition", "masked")
+NORMALISATIONS = ("brain", "field_of_view")
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,29 @@ class Acquisition:
         return downsample(np.pad(t1.astype(np.float32), pad), self.factor, self.order, self.method)
 
 
-def head_scale(lr: np.ndarray, percentile: float) -> float:
-    """The intensity scale of an acquisition: the ``percentile`` of its LR volume's whole field of view."""
-    scale = float(np.percentile(lr, percentile))
+def lr_scale(lr: np.ndarray, lr_affine: np.ndarray, percentile: float, normalise: str = "brain",
+             path: str = "the LR volume") -> float:
+    """The intensity scale of an acquisition, read off its LR volume (a scan as acquired) alone.
+
+    ``brain``: the ``percentile`` of the LR's voxels inside its brain as
+    ``extract_brain`` finds it on the LR grid; ``field_of_view``: the
+    ``percentile`` of the whole field of view. ``VolumeError`` (naming
+    ``path``) when the scale is not positive; ``BrainExtractionError`` when
+    no brain can be found.
+    """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalise!r}; allowed: {', '.join(NORMALISATIONS)}")
+    if normalise == "brain":
+        try:
+            values, where = lr[extract_brain(lr, lr_affine).mask], "brain's"
+        except BrainExtractionError as err:
+            raise BrainExtractionError(f"{path}: no brain found to set the intensity scale by ({err}); "
+                                       "skullstrip.normalise: field_of_view does without") from None
+    else:
+        values, where = lr, "field of view's"
+    scale = float(np.percentile(values, percentile))
     if not scale > 0:
-        raise ValueError(f"the {percentile}th percentile of the LR field of view is {scale}, not > 0")
+        raise VolumeError(f"{path}: the {where} {percentile}th intensity percentile is {scale:g}, not > 0")
     return scale
 
 
@@ -72,17 +97,18 @@ def crop_normalised(volume: np.ndarray, affine: np.ndarray, start, shape, scale:
 
 def acquired_lr(
     t1: np.ndarray, affine: np.ndarray, hr_start: tuple[int, ...], hr_shape: tuple[int, ...],
-    acquisition: Acquisition, percentile: float,
+    acquisition: Acquisition, percentile: float, normalise: str = "brain", path: str = "the raw volume",
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The LR of the HR box at ``hr_start`` (raw voxels) of size ``hr_shape``: normalised, its affine, the scale."""
+    """The LR of the HR box at ``hr_start`` (raw voxels) of size ``hr_shape``: normalised, its affine, the scale
+    (``lr_scale`` of the whole field of view's LR)."""
     f = acquisition.factor
     if any(s % f for s in (*hr_start, *hr_shape)):
         raise ValueError(f"HR box start {hr_start} and shape {hr_shape} are not multiples of the factor {f}")
     lr = acquisition.lr_of_field_of_view(t1)
-    scale = head_scale(lr, percentile)
-    out, lr_affine = crop_normalised(lr, downsample_affine(affine, f), [s // f for s in hr_start],
-                                     [n // f for n in hr_shape], scale)
-    return out, lr_affine, scale
+    lr_affine = downsample_affine(affine, f)
+    scale = lr_scale(lr, lr_affine, percentile, normalise, path)
+    out, box_affine = crop_normalised(lr, lr_affine, [s // f for s in hr_start], [n // f for n in hr_shape], scale)
+    return out, box_affine, scale
 
 
 def box_start(raw_affine: np.ndarray, box_affine: np.ndarray) -> tuple[int, ...]:
@@ -94,23 +120,24 @@ def box_start(raw_affine: np.ndarray, box_affine: np.ndarray) -> tuple[int, ...]
     return tuple(int(s) for s in start)
 
 
-def normalise_scan(data: np.ndarray, brain: np.ndarray, percentile: float, path: str, protocol: str) -> tuple[np.ndarray, float]:
+def normalise_scan(data: np.ndarray, brain: np.ndarray, affine: np.ndarray, percentile: float, path: str,
+                   protocol: str, normalise: str = "field_of_view") -> tuple[np.ndarray, float]:
     """A scan as acquired on a cascade's training intensity scale, and that scale (divide by it to go back).
 
-    ``acquisition``: the whole field of view divided by its ``percentile``,
-    clipped to [0, 1], as ``acquired_lr`` scales the training LR; ``masked``:
-    divided by the brain's ``percentile`` and zero outside ``brain``. A scale
-    that is not positive raises ``VolumeError`` naming ``path``.
+    ``acquisition``: the whole field of view divided by ``lr_scale`` (by
+    ``normalise``, as ``acquired_lr`` scales the training LR: the scan's own
+    brain found on its grid, whatever ``brain`` says), clipped to [0, 1];
+    ``masked``: divided by the brain's ``percentile`` and zero outside
+    ``brain``. A scale that is not positive raises ``VolumeError`` naming ``path``.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
     if protocol == "acquisition":
-        scale, where = float(np.percentile(data, percentile)), "field of view's"
-    else:
-        scale, where = float(np.percentile(data[brain], percentile)), "brain's"
+        scale = lr_scale(data, affine, percentile, normalise, path)
+        return np.clip(data / scale, 0.0, 1.0).astype(np.float32), scale
+    scale = float(np.percentile(data[brain], percentile))
     if not scale > 0:
-        raise VolumeError(f"{path}: the {where} {percentile}th intensity percentile is {scale:g}, not > 0")
+        raise VolumeError(f"{path}: the brain's {percentile}th intensity percentile is {scale:g}, not > 0")
     out = np.clip(data / scale, 0.0, 1.0).astype(np.float32)
-    if protocol != "acquisition":
-        out[~brain] = 0.0
+    out[~brain] = 0.0
     return out, scale

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mrisr.data import hcp, local
+from mrisr.data import cohort
 from mrisr.data.demo import demo_subject_ids, demo_subject_index, make_demo_subject
 from mrisr.io import atomic_path, load_volume, save_volume
 
@@ -49,7 +50,11 @@ def subject_ids(config: Mapping[str, Any]) -> list[str]:
     """The subject IDs of the configured source, validated."""
     source = _source(config)
     if source == "demo":
-        return demo_subject_ids(config["demo"]["n_subjects"])
+        n, anatomy = config["demo"]["n_subjects"], config["demo"].get("anatomy", "real")
+        if anatomy == "real" and n > cohort.n_brains():
+            raise ValueError(f"demo.n_subjects: {n}, but the real demo anatomy ships {cohort.n_brains()} brains "
+                             "(use at most that many, or demo.anatomy: template)")
+        return demo_subject_ids(n)
     if source == "hcp":
         return hcp.read_subjects(config["hcp"].get("subjects") or (), config["hcp"].get("subjects_file"))
     return list(local.find_scans(config["local"]))
@@ -76,6 +81,10 @@ def source_dataset(config: Mapping[str, Any]) -> dict[str, str]:
     """The source as a BIDS ``SourceDatasets`` entry (where the scans were read from)."""
     source = _source(config)
     if source == "demo":
+        if config["demo"].get("anatomy", "real") == "real":
+            return {"Name": f"mrisr demo cohort: real brains of {cohort.DATASET['name']}, licence "
+                            f"{cohort.DATASET['license']}, in synthetic heads",
+                    "DOI": f"doi:{cohort.DATASET['doi']}"}
         return {"Name": "mrisr demo cohort (synthetic subjects made from the MNI152 2009c template in nilearn)"}
     if source == "hcp":
         return {"Name": "HCP-1200 (WU-Minn Human Connectome Project)",
@@ -91,7 +100,8 @@ def source_uri(config: Mapping[str, Any], subject: str, scan: local.LocalScan | 
     source = _source(config)
     if source == "demo":
         demo = config["demo"]
-        return f"mrisr:demo/{subject}?seed={demo['seed']}&voxel_size_mm={demo['voxel_size_mm']}"
+        return (f"mrisr:demo/{subject}?anatomy={demo.get('anatomy', 'real')}&seed={demo['seed']}"
+                f"&voxel_size_mm={demo['voxel_size_mm']}")
     if source == "hcp":
         return f"s3://{config['hcp']['bucket']}/{config['hcp']['prefix']}/{subject}/{hcp.HCP_FILES['t1']}"
     if scan is None:
@@ -112,7 +122,8 @@ def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     source = _source(config)
     if source == "demo":
-        return {"seed": config["demo"]["seed"], "voxel_size_mm": config["demo"]["voxel_size_mm"]}
+        return {"anatomy": config["demo"].get("anatomy", "real"), "seed": config["demo"]["seed"],
+                "voxel_size_mm": config["demo"]["voxel_size_mm"]}
     if source == "hcp":
         return {"bucket": config["hcp"]["bucket"], "prefix": config["hcp"]["prefix"]}
     return {}
@@ -129,7 +140,8 @@ def fetch_subject(
     source = _source(config)
     if source == "demo":
         settings = config["demo"]
-        fetch_demo(subject, settings["seed"], settings["voxel_size_mm"], out_t1, out_mask)
+        fetch_demo(subject, settings["seed"], settings["voxel_size_mm"], out_t1, out_mask,
+                   settings.get("anatomy", "real"))
     elif source == "hcp":
         outputs = {"t1": out_t1} | ({"mask": out_mask} if out_mask else {})
         hcp.fetch_subject(subject, hcp.S3Settings.from_config(config["hcp"]), outputs)
@@ -144,13 +156,15 @@ def fetch_subject(
         log.info("%s: %s -> %s%s", subject, scan.t1, out_t1, f", mask {scan.mask}" if out_mask else "")
 
 
-def fetch_demo(subject: str, seed: int, voxel_size_mm: float, out_t1: str, out_mask: str | None) -> None:
+def fetch_demo(subject: str, seed: int, voxel_size_mm: float, out_t1: str, out_mask: str | None,
+               anatomy: str = "real") -> None:
     """Synthesise one demo subject (``data.demo``) as raw T1 and brain mask NIfTIs."""
-    sub = make_demo_subject(demo_subject_index(subject), seed=seed, voxel_size_mm=voxel_size_mm)
+    sub = make_demo_subject(demo_subject_index(subject), seed=seed, voxel_size_mm=voxel_size_mm, anatomy=anatomy)
     if out_mask:
         save_volume(out_mask, sub.mask, sub.affine, dtype=np.uint8)
     save_volume(out_t1, sub.t1, sub.affine)
-    log.info("%s: demo subject %s, shape %s, %.1f mm", subject, out_t1, sub.t1.shape, voxel_size_mm)
+    log.info("%s: demo subject %s (%s anatomy), shape %s, %.1f mm", subject, out_t1, anatomy, sub.t1.shape,
+             voxel_size_mm)
 
 
 def copy_volume(src: str, dest: str) -> None:
