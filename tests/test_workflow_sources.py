@@ -177,6 +177,23 @@ def test_openneuro_source_is_planned_without_network_or_credentials(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_openneuro_source_fetches_anonymously_through_the_workflow(openneuro_server, tmp_path):
+    openneuro = {"accession": "ds002748", "subjects": ["sub-01", "sub-02", "sub-03"], "session": "ses-2",
+                 "endpoint_url": openneuro_server.endpoint_url, "attempts": 1, "timeout_s": 20}
+    config = write_config(tmp_path / "openneuro.yaml", source="openneuro", openneuro=openneuro)
+    env = isolated_aws_env(tmp_path, AWS_PROFILE="no-such-profile")  # no credentials anywhere
+    run_snakemake(tmp_path, "results/raw/sub-02/T1w.nii.gz", config=config, env=env)
+    key = openneuro_server.key("sub-02", "ses-2/anat/sub-02_ses-2_T1w.nii.gz")
+    assert (tmp_path / "results" / "raw" / "sub-02" / "T1w.nii.gz").read_bytes() == openneuro_server.objects[key]
+    assert sorted(p.name for p in (tmp_path / "results" / "raw" / "sub-02").iterdir()) == ["T1w.nii.gz"]
+    assert f"s3://openneuro.org/{key}" in (tmp_path / "results" / "logs" / "fetch" / "sub-02.log").read_text()
+    # sub-01 has no ses-2: the job fails with the reason in its log, and leaves no file.
+    failed = run_snakemake(tmp_path, "results/raw/sub-01/T1w.nii.gz", config=config, env=env, check=False)
+    assert failed.returncode != 0 and not (tmp_path / "results" / "raw" / "sub-01" / "T1w.nii.gz").exists()
+    assert "no T1w scan of ses-2 under s3://openneuro.org/ds002748/sub-01/" in (
+        tmp_path / "results" / "logs" / "fetch" / "sub-01.log").read_text()
+
+
 def test_openneuro_config_errors_stop_the_workflow_before_any_job(tmp_path):
     for openneuro, message in (
         ({"accession": "ds002748", "subjects": ["01"]}, "'01' does not match"),
