@@ -137,6 +137,27 @@ def faulty_proxy(hcp_server):
     proxy.close()
 
 
+@pytest.fixture(scope="session")
+def openneuro_server(tmp_path_factory):
+    """moto's S3 server (own process, no authentication) with a bucket laid out like OpenNeuro's; stopped afterwards."""
+    from s3_server import start_openneuro_server, stop_openneuro_server
+
+    server = start_openneuro_server(tmp_path_factory.mktemp("openneuro_bucket"))
+    yield server
+    stop_openneuro_server(server)
+
+
+@pytest.fixture
+def openneuro_proxy(openneuro_server):
+    """A faulty proxy in front of ``openneuro_server`` that spoils only responses over 4 kB: the scans, not the
+    listings (``FaultyProxy(url, offset)`` for those)."""
+    from s3_server import FaultyProxy
+
+    proxy = FaultyProxy(openneuro_server.endpoint_url, offset=4096)
+    yield proxy
+    proxy.close()
+
+
 def assert_same_training(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-7) -> None:
     """Model, EMA and optimiser states equal element by element (same operations in the same order)."""
     assert a["step"] == b["step"]

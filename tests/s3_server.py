@@ -1,4 +1,4 @@
-"""A real S3 API on loopback for the HCP tests: moto's standalone server, laid out like HCP.
+"""A real S3 API on loopback for the HCP and OpenNeuro tests: moto's standalone server.
 
 ``start_hcp_server`` runs moto's S3 (and IAM) server on 127.0.0.1, creates
 ``hcp-openaccess`` with ``HCP_1200/{subject}/T1w/...`` objects (small NIfTIs of
@@ -7,8 +7,13 @@ subject (the way keys without the release's terms accepted are refused), and
 then switches moto's authentication on, so unknown keys, wrong secrets and
 denied objects give the same 403s as AWS.
 
+``start_openneuro_server`` runs a second moto server, in a process of its own
+with authentication off (moto cannot authorise anonymous requests), with a
+bucket laid out like OpenNeuro's: ``openneuro.org/<accession>/sub-*/...``.
+
 ``FaultyProxy`` sits between a client and the server and can cut the next
-responses short or flip a byte in them: transfer faults on a real connection.
+responses short, flip a byte in them or answer 503 instead: transfer faults
+on a real connection. It keeps the bytes clients sent, to check what requests carried.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import importlib.util
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,13 +149,86 @@ def stop_hcp_server(hcp: HCPServer) -> None:
     hcp.server.stop()
 
 
+OPENNEURO_BUCKET = "openneuro.org"
+ACCESSION = "ds002748"
+PRIVATE_KEY = "ds000002/sub-01/anat/sub-01_T1w.nii.gz"  # not public: anonymous reads are refused
+# {subject: T1w keys below the subject's folder}; sub-04 has a functional scan only.
+OPENNEURO_T1W = {
+    "sub-01": ["anat/sub-01_T1w.nii.gz"],
+    "sub-02": ["ses-1/anat/sub-02_ses-1_T1w.nii.gz", "ses-2/anat/sub-02_ses-2_T1w.nii.gz"],
+    "sub-03": ["anat/sub-03_acq-mprage_T1w.nii.gz"],
+    "sub-04": [],
+}
+
+
+@dataclass
+class OpenNeuroServer:
+    endpoint_url: str
+    objects: dict[str, bytes] = field(default_factory=dict)  # key -> bytes
+    process: subprocess.Popen | None = None
+
+    def key(self, subject: str, below: str) -> str:
+        return f"{ACCESSION}/{subject}/{below}"
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+def _openneuro_objects(tmp_dir: Path) -> dict[str, bytes]:
+    objects = {
+        f"{ACCESSION}/dataset_description.json": json.dumps({"Name": "test", "BIDSVersion": "1.4.0"}).encode(),
+        f"{ACCESSION}/participants.tsv": b"participant_id\n" + b"".join(f"{s}\n".encode() for s in OPENNEURO_T1W),
+        "ds000001/sub-01/anat/sub-01_T1w.nii.gz": b"another dataset",
+    }
+    index = 10
+    for subject, files in OPENNEURO_T1W.items():
+        objects[f"{ACCESSION}/{subject}/func/{subject}_task-rest_bold.nii.gz"] = b"not read" * 10
+        for below in files:
+            t1, _, affine = small_subject(index)
+            objects[f"{ACCESSION}/{subject}/{below}"] = nifti_bytes(t1, affine, np.float32, tmp_dir)
+            index += 1
+    return objects
+
+
+def start_openneuro_server(tmp_dir: Path) -> OpenNeuroServer:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            requests.get(f"{url}/moto-api/data.json", timeout=1).raise_for_status()
+            break
+        except requests.RequestException:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("moto's server did not start")
+    s3 = boto3.client("s3", endpoint_url=url, config=Config(request_checksum_calculation="when_required"), **ADMIN)
+    s3.create_bucket(Bucket=OPENNEURO_BUCKET)
+    objects = _openneuro_objects(tmp_dir)
+    for key, body in objects.items():  # readable by anyone, as on OpenNeuro: moto refuses anonymous reads otherwise
+        s3.put_object(Bucket=OPENNEURO_BUCKET, Key=key, Body=body, ACL="public-read")
+    s3.put_object(Bucket=OPENNEURO_BUCKET, Key=PRIVATE_KEY, Body=b"private" * 200)
+    return OpenNeuroServer(url, objects, process)
+
+
+def stop_openneuro_server(server: OpenNeuroServer) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
 class FaultyProxy:
     """A TCP proxy on 127.0.0.1 that passes requests on and can spoil the next responses.
 
     ``spoil("cut", n)``: the next n object responses (status 200, body longer
     than ``offset``) stop after ``offset`` body bytes and the connection is
-    closed; ``spoil("corrupt", n)``: one body byte is flipped. ``spoil("pass")``
-    lets everything through. ``spoiled`` counts the responses spoiled so far.
+    closed; ``spoil("corrupt", n)``: one body byte is flipped;
+    ``spoil("unavailable", n)``: a 503 SlowDown error replaces them. ``spoil("pass")``
+    lets everything through. ``spoiled`` counts the responses spoiled so far;
+    ``sent`` holds every byte clients sent.
     """
 
     def __init__(self, upstream_url: str, offset: int = 1000):
@@ -155,6 +236,7 @@ class FaultyProxy:
         self.upstream = (host, int(port))
         self.offset = offset
         self.mode, self.remaining, self.spoiled = "pass", 0, 0
+        self.sent = bytearray()
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
@@ -192,7 +274,7 @@ class FaultyProxy:
 
     def _connection(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.upstream)
-        threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._forward, args=(client, upstream, self.sent), daemon=True).start()
         try:
             self._responses(upstream, client)
         except OSError:
@@ -206,9 +288,11 @@ class FaultyProxy:
                 sock.close()
 
     @staticmethod
-    def _forward(src: socket.socket, dst: socket.socket) -> None:
+    def _forward(src: socket.socket, dst: socket.socket, record: bytearray | None = None) -> None:
         try:
             while data := src.recv(65536):
+                if record is not None:
+                    record += data
                 dst.sendall(data)
         except OSError:
             pass
@@ -241,6 +325,10 @@ class FaultyProxy:
             if fault == "cut":
                 client.sendall(head + body[: self.offset])
                 return
+            if fault == "unavailable":
+                body = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                head = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(body))
             if fault == "corrupt":
                 spoilt = io.BytesIO(body)
                 spoilt.seek(self.offset)

@@ -109,3 +109,17 @@ def test_apply_demo_config_applies_the_demo_model_with_its_calibrated_sd():
     assert settings.enabled and settings.checkpoints == ("results/models/stage1/checkpoint.pt",)
     assert settings.sd_calibration == "results/calibration/sd_calibration.json"
     assert f'json="{settings.sd_calibration}"' in (REPO / "workflow" / "rules" / "infer.smk").read_text()
+
+
+def test_openneuro_config_is_a_data_source_config_that_takes_the_gpu_model():
+    keys = set(yaml.safe_load((REPO / "config" / "openneuro.yaml").read_text()))
+    assert keys == {"source", "openneuro"}, "model keys belong to config/hcp_gpu.yaml"
+    config = merged("config.yaml", "openneuro.yaml", "hcp_gpu.yaml")
+    assert config["source"] == "openneuro" and config["device"] == "cuda"
+    assert config["model"] == merged("config.yaml", "hcp_gpu.yaml")["model"]
+    from mrisr.data.sources import data_identity, ships_mask, subject_ids
+
+    subjects = subject_ids(config)
+    assert subjects == [f"sub-{n:02d}" for n in range(1, 73)]
+    assert not ships_mask(config)
+    assert data_identity(config) == {"bucket": "openneuro.org", "accession": "ds002748", "session": None}

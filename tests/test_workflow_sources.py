@@ -160,3 +160,48 @@ def test_hcp_subject_list_errors_stop_the_workflow_before_any_job(tmp_path):
     proc = run_snakemake(tmp_path, "-n", config=config, check=False)
     assert proc.returncode != 0 and "10030x" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_openneuro_source_is_planned_without_network_or_credentials(tmp_path):
+    listing = tmp_path / "subjects.txt"
+    listing.write_text("# ds002748\nsub-02\nsub-03\n")
+    openneuro = {"accession": "ds002748", "subjects": ["sub-01"], "subjects_file": str(listing),
+                 "endpoint_url": "http://127.0.0.1:9"}  # nothing listens there: a dry run sends no request
+    config = write_config(tmp_path / "openneuro.yaml", source="openneuro", openneuro=openneuro)
+    plan = run_snakemake(tmp_path, "-n", config=config, env=isolated_aws_env(tmp_path))
+    counts = job_counts(plan.stdout + plan.stderr)
+    assert counts["fetch"] == 3 and counts["skullstrip"] == 3 and counts["report"] == 1
+    for subject in ("sub-01", "sub-02", "sub-03"):
+        assert f"results/raw/{subject}/T1w.nii.gz" in plan.stdout
+    assert "results/raw/sub-01/brainmask.nii.gz" not in plan.stdout, "OpenNeuro ships no mask to fetch"
+    assert not (tmp_path / "results").exists()
+
+
+def test_openneuro_source_fetches_anonymously_through_the_workflow(openneuro_server, tmp_path):
+    openneuro = {"accession": "ds002748", "subjects": ["sub-01", "sub-02", "sub-03"], "session": "ses-2",
+                 "endpoint_url": openneuro_server.endpoint_url, "attempts": 1, "timeout_s": 20}
+    config = write_config(tmp_path / "openneuro.yaml", source="openneuro", openneuro=openneuro)
+    env = isolated_aws_env(tmp_path, AWS_PROFILE="no-such-profile")  # no credentials anywhere
+    run_snakemake(tmp_path, "results/raw/sub-02/T1w.nii.gz", config=config, env=env)
+    key = openneuro_server.key("sub-02", "ses-2/anat/sub-02_ses-2_T1w.nii.gz")
+    assert (tmp_path / "results" / "raw" / "sub-02" / "T1w.nii.gz").read_bytes() == openneuro_server.objects[key]
+    assert sorted(p.name for p in (tmp_path / "results" / "raw" / "sub-02").iterdir()) == ["T1w.nii.gz"]
+    assert f"s3://openneuro.org/{key}" in (tmp_path / "results" / "logs" / "fetch" / "sub-02.log").read_text()
+    # sub-01 has no ses-2: the job fails with the reason in its log, and leaves no file.
+    failed = run_snakemake(tmp_path, "results/raw/sub-01/T1w.nii.gz", config=config, env=env, check=False)
+    assert failed.returncode != 0 and not (tmp_path / "results" / "raw" / "sub-01" / "T1w.nii.gz").exists()
+    assert "no T1w scan of ses-2 under s3://openneuro.org/ds002748/sub-01/" in (
+        tmp_path / "results" / "logs" / "fetch" / "sub-01.log").read_text()
+
+
+def test_openneuro_config_errors_stop_the_workflow_before_any_job(tmp_path):
+    for openneuro, message in (
+        ({"accession": "ds002748", "subjects": ["01"]}, "'01' does not match"),
+        ({"subjects": ["sub-01"]}, "needs openneuro.accession"),
+        ({"accession": "ds2748", "subjects": ["sub-01"]}, "'ds2748' does not match"),
+        ({"accession": "ds002748"}, "source: openneuro needs subjects"),
+    ):
+        config = write_config(tmp_path / "bad.yaml", source="openneuro", openneuro=openneuro)
+        proc = run_snakemake(tmp_path, "-n", config=config, check=False)
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, message
+    assert not (tmp_path / "results").exists()

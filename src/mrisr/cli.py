@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import mrisr
 import mrisr.io as io
@@ -153,7 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="isotropic voxel size in mm, 1 to 4 (default 4: the demo model's training LR)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the scans (default 1; the demo trains on 0)")
     demo.set_defaults(func=_demo_bids)
+    _add_openneuro_subjects(sub)
     return parser
+
+
+def _add_openneuro_subjects(sub: Any) -> None:
+    listing = sub.add_parser(
+        "openneuro-subjects", help="list the subjects of a public OpenNeuro dataset that have a T1w scan",
+        description="Lists s3://openneuro.org/<accession>/ anonymously (no AWS keys) and writes the subjects with "
+                    "a T1w scan, one per line, for the config key openneuro.subjects_file.",
+    )
+    listing.add_argument("accession", help="the dataset, e.g. ds002748")
+    listing.add_argument("-o", "--output", required=True, help="the subjects file to write")
+    listing.add_argument("--session", help="only subjects with a T1w in this session (ses-<label>)")
+    listing.add_argument("--bucket", default="openneuro.org", help="the bucket (default openneuro.org)")
+    listing.add_argument("--endpoint-url", help="an S3 endpoint instead of AWS's (a mirror)")
+    listing.set_defaults(func=_openneuro_subjects)
+
+
+def _openneuro_subjects(args: argparse.Namespace) -> int:
+    from mrisr.data.openneuro import FetchError, OpenNeuroSettings, write_subjects_file
+
+    try:
+        settings = OpenNeuroSettings(args.accession, bucket=args.bucket, endpoint_url=args.endpoint_url,
+                                     session=args.session)
+        found = write_subjects_file(settings, args.output)
+    except (ValueError, FetchError) as err:
+        print(f"mrisr: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(found)} subjects with a T1w scan written to {args.output}", file=sys.stderr)
+    return 0
 
 
 def _demo_bids(args: argparse.Namespace) -> int:

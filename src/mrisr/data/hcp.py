@@ -11,18 +11,13 @@ They are found by boto3's standard chain (environment variables, shared
 credentials and config files, ...) or taken from a named profile; they are
 never passed as arguments, written to a file or logged by this module.
 
-A download goes to a temporary file beside the target, is checked against the
-object's size (and MD5, when the ETag of a single-part upload is one) and only
-then renamed onto the target, so an interrupted or corrupted transfer never
-leaves a file that looks complete. Transient failures (connection errors, cut
-or corrupted transfers, throttling, 5xx) are retried with exponential
-backoff; credentials, permission and missing-object errors are not, and each
-raises its own ``FetchError`` subclass with a message that says what to do.
+Downloads are verified and retried as ``data.remote`` describes; credentials,
+permission and missing-object errors are not retried, and each raises its own
+``FetchError`` subclass with a message that says what to do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,7 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from mrisr.io import atomic_path
+from mrisr.data.remote import (  # noqa: F401 (the errors and Retry are part of this module's interface)
+    AccessDenied,
+    CredentialsMissing,
+    FetchError,
+    NotFound,
+    Retry,
+    TransferFailed,
+    check_nifti_3d,
+    client_config,
+    error_status,
+    log_download,
+    read_subject_list,
+    verified_download,
+)
 
 log = logging.getLogger("mrisr")
 
@@ -44,7 +52,6 @@ HCP_FILES: dict[str, str] = {
     "mask": "T1w/brainmask_fs.nii.gz",
 }
 HCP_SUBJECT = re.compile(r"[1-9][0-9]{5}")
-CHUNK_BYTES = 1 << 20
 
 HOW_TO_GET_KEYS = (
     "HCP data on S3 are read with AWS keys issued by the Human Connectome Project: log in to "
@@ -53,30 +60,6 @@ HOW_TO_GET_KEYS = (
     "release's page. Then either export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or store the "
     "keys as a profile in ~/.aws/credentials and set hcp.profile to the profile's name."
 )
-
-
-class FetchError(RuntimeError):
-    """A subject could not be fetched; the message says why and what to do."""
-
-
-class CredentialsMissing(FetchError):
-    """No AWS credentials were found (or the named profile does not exist)."""
-
-
-class AccessDenied(FetchError):
-    """The server refused the credentials or this object (HTTP 403)."""
-
-
-class NotFound(FetchError):
-    """No such bucket, subject or file (HTTP 404)."""
-
-
-class TransferFailed(FetchError):
-    """The transfer kept failing (network, cut or corrupted transfers) after every attempt."""
-
-
-class _Corrupt(Exception):
-    """A transfer that completed but whose bytes do not match the object (retried)."""
 
 
 @dataclass(frozen=True)
@@ -119,26 +102,7 @@ def read_subjects(subjects: Iterable[Any] = (), subjects_file: str | os.PathLike
     Every ID is validated; duplicates are an error (they would be one subject
     counted twice). The order is kept: the split does not depend on it.
     """
-    found: list[tuple[str, str]] = [(validate_subject(s), "hcp.subjects") for s in subjects]
-    if subjects_file:
-        path = Path(subjects_file)
-        if not path.is_file():
-            raise ValueError(f"hcp.subjects_file {path}: no such file")
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            entry = line.split("#", 1)[0].strip()
-            if entry:
-                try:
-                    found.append((validate_subject(entry), f"{path}:{number}"))
-                except ValueError as err:
-                    raise ValueError(f"{path} line {number}: {err}") from None
-    seen: dict[str, str] = {}
-    for subject, where in found:
-        if subject in seen:
-            raise ValueError(f"subject {subject} is listed twice ({seen[subject]} and {where})")
-        seen[subject] = where
-    if not seen:
-        raise ValueError("source: hcp needs subjects: set hcp.subjects or hcp.subjects_file")
-    return list(seen)
+    return read_subject_list(subjects, subjects_file, validate_subject, "hcp")
 
 
 def s3_client(settings: S3Settings) -> Any:
@@ -148,7 +112,6 @@ def s3_client(settings: S3Settings) -> Any:
     is made when no credentials can be found. Retries are left to ``download``.
     """
     import boto3
-    from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
 
     try:
@@ -162,44 +125,15 @@ def s3_client(settings: S3Settings) -> Any:
     if credentials is None:
         raise CredentialsMissing(f"no AWS credentials found to read s3://{settings.bucket}. {HOW_TO_GET_KEYS}")
     log.info("AWS credentials from %s%s", credentials.method, f" (profile {settings.profile})" if settings.profile else "")
-    config = Config(
-        retries={"total_max_attempts": 1},
-        connect_timeout=settings.timeout_s,
-        read_timeout=settings.timeout_s,
-    )
-    return session.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
-
-
-def _is_transient(err: Exception) -> bool:
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionError,
-        FlexibleChecksumError,
-        HTTPClientError,
-        IncompleteReadError,
-        ResponseStreamingError,
-    )
-
-    # Cut or corrupted transfers (our size/MD5 checks, or botocore's own checksum
-    # where the object has one) are as transient as a dropped connection.
-    transfer = (_Corrupt, FlexibleChecksumError, IncompleteReadError, ResponseStreamingError)
-    if isinstance(err, transfer + (ConnectionError, HTTPClientError)):
-        return True
-    if isinstance(err, ClientError):
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        code = err.response.get("Error", {}).get("Code", "")
-        return status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "Throttling"}
-    return False
+    return session.client("s3", endpoint_url=settings.endpoint_url or None, config=client_config(settings.timeout_s))
 
 
 def _client_error(err: Exception, bucket: str, key: str, subject: str) -> FetchError | None:
     """The specific error behind a non-transient S3 error response, or None."""
-    from botocore.exceptions import ClientError
-
-    if not isinstance(err, ClientError):
+    status, code = error_status(err)
+    if not status:
         return None
-    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    code = err.response.get("Error", {}).get("Code", "") or str(status)
+    code = code or str(status)
     where = f"s3://{bucket}/{key}"
     if code == "InvalidAccessKeyId":
         return AccessDenied(
@@ -228,27 +162,6 @@ def _client_error(err: Exception, bucket: str, key: str, subject: str) -> FetchE
     return None
 
 
-def _remove_stale_temporaries(dest: Path) -> None:
-    """Delete temporary files an interrupted run left beside ``dest`` (``io.atomic_path`` names)."""
-    for stale in dest.parent.glob(f".{dest.name}.*"):
-        log.info("removing %s, left by an interrupted transfer", stale)
-        stale.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often a transfer is tried (``attempts`` in all) and how long to wait between tries:
-    ``backoff_s * 2**k`` seconds before try k + 2, at most 60 s, through ``sleep``."""
-
-    attempts: int = 5
-    backoff_s: float = 2.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def pause(self, attempt: int) -> float:
-        """Seconds to wait before ``attempt`` (2, 3, ...)."""
-        return min(60.0, self.backoff_s * 2 ** (attempt - 2))
-
-
 def download(
     client: Any,
     bucket: str,
@@ -258,80 +171,12 @@ def download(
     subject: str = "",
     check: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Download ``s3://bucket/key`` to ``dest`` through a verified temporary file.
+    """Download ``s3://bucket/key`` to ``dest`` verified and retried (``remote.verified_download``),
+    with HCP's messages for its errors. Returns what was verified: bytes, md5 (or None), attempts."""
+    def explain(err: Exception, bucket: str, key: str) -> FetchError | None:
+        return _client_error(err, bucket, key, subject)
 
-    Each attempt streams the object into a temporary file beside ``dest``
-    while counting bytes and computing the MD5, compares them with the
-    object's size and (single-part, non-KMS) ETag, and renames the file onto
-    ``dest`` only if both match (and ``check(temporary_path)``, if given,
-    raises nothing). Transient failures are retried up to
-    ``attempts`` times in all, sleeping ``backoff_s * 2**k`` (at most 60 s)
-    between attempts. Returns what was verified: bytes, md5 (or None), attempts.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(dest)
-    last: Exception | None = None
-    for attempt in range(1, max(1, retry.attempts) + 1):
-        if attempt > 1:
-            pause = retry.pause(attempt)
-            log.warning("s3://%s/%s: attempt %d failed (%s); retrying in %.1f s", bucket, key, attempt - 1, last, pause)
-            retry.sleep(pause)
-        try:
-            return _download_once(client, bucket, key, dest, check) | {"attempts": attempt}
-        except Exception as err:  # classified below: specific, transient or unexpected
-            if isinstance(err, FetchError):  # the check refused the file
-                raise type(err)(f"s3://{bucket}/{key}: {err}") from None
-            specific = _client_error(err, bucket, key, subject)
-            if specific is not None:
-                raise specific from None
-            if not _is_transient(err):
-                raise
-            last = err
-    raise TransferFailed(
-        f"s3://{bucket}/{key}: the transfer failed {retry.attempts} times, last with: {last}. Check the network "
-        "connection (and hcp.endpoint_url if set); nothing was written, and re-running the workflow "
-        "fetches this subject again"
-    )
-
-
-def _download_once(client: Any, bucket: str, key: str, dest: Path, check: Callable[[Path], None] | None) -> dict[str, Any]:
-    response = client.get_object(Bucket=bucket, Key=key)
-    expected_size = int(response["ContentLength"])
-    etag = str(response.get("ETag", "")).strip('"')
-    # A single-part upload's ETag is the MD5 of the object unless it is KMS-encrypted;
-    # a multipart upload's is '<md5 of part md5s>-<parts>' and says nothing about the bytes.
-    md5_expected = etag if re.fullmatch(r"[0-9a-f]{32}", etag) and response.get("ServerSideEncryption") != "aws:kms" else None
-    digest = hashlib.md5(usedforsecurity=False)
-    size = 0
-    with atomic_path(dest) as tmp:
-        try:
-            with open(tmp, "wb") as fh:
-                for chunk in response["Body"].iter_chunks(CHUNK_BYTES):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-        finally:
-            response["Body"].close()
-        if size != expected_size:
-            raise _Corrupt(f"received {size} bytes of {expected_size}")
-        if md5_expected is not None and digest.hexdigest() != md5_expected:
-            raise _Corrupt(f"MD5 {digest.hexdigest()} of the received bytes is not the ETag {md5_expected}")
-        if check is not None:
-            check(tmp)
-    return {"bytes": size, "md5": md5_expected}
-
-
-def check_nifti_3d(path: Path) -> None:
-    """Raise ``FetchError`` unless ``path`` has the header of a 3D NIfTI (the data are not read)."""
-    import nibabel as nib
-
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception as err:  # nibabel raises many types for broken files
-        raise FetchError(f"the downloaded object is not a NIfTI file ({type(err).__name__}: {err})") from None
-    if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-        raise FetchError(f"the downloaded object is a NIfTI of shape {shape}, not a 3D volume")
+    return verified_download(client, bucket, key, dest, retry, explain, "hcp", check)
 
 
 def fetch_subject(subject: str, settings: S3Settings, outputs: Mapping[str, str | os.PathLike]) -> None:
@@ -346,8 +191,4 @@ def fetch_subject(subject: str, settings: S3Settings, outputs: Mapping[str, str 
         start = time.perf_counter()
         result = download(client, settings.bucket, key, dest, Retry(settings.attempts, settings.backoff_s),
                           subject=subject, check=check_nifti_3d)
-        check = f"MD5 {result['md5']}" if result["md5"] else "size only (multipart ETag)"
-        log.info(
-            "%s: s3://%s/%s -> %s, %d bytes, verified: %s, %d attempt(s), %.1f s",
-            subject, settings.bucket, key, dest, result["bytes"], check, result["attempts"], time.perf_counter() - start,
-        )
+        log_download(subject, settings.bucket, key, dest, result, start)

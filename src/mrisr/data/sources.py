@@ -7,6 +7,7 @@ and ``fetch_subject`` fetches one subject from the same config.
 |---|---|---|
 | ``demo`` | demo01 ... (``demo.n_subjects``) | yes (the template's) |
 | ``hcp`` | ``hcp.subjects`` and/or ``hcp.subjects_file`` (six-digit IDs) | yes (``brainmask_fs``) |
+| ``openneuro`` | ``openneuro.subjects`` and/or ``openneuro.subjects_file`` (``sub-<label>``) | no |
 | ``local`` | from the paths (``local.t1`` pattern or ``local.bids_root``) | if ``local.mask`` is set |
 """
 
@@ -20,14 +21,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mrisr.data import hcp, local
-from mrisr.data import cohort
+from mrisr.data import cohort, hcp, local, openneuro
 from mrisr.data.demo import demo_subject_ids, demo_subject_index, make_demo_subject
 from mrisr.io import atomic_path, load_volume, save_volume
 
 log = logging.getLogger("mrisr")
 
-SOURCES: tuple[str, ...] = ("demo", "hcp", "local")
+SOURCES: tuple[str, ...] = ("demo", "hcp", "openneuro", "local")
 # The grammar of each source's subject IDs, for the workflow's wildcard
 # constraint. Listing the IDs themselves ("100307|100408|...") makes Snakemake
 # rescan an 8 kB pattern for every file of every job, 2-6 s of a 10-18 s dry
@@ -35,6 +35,7 @@ SOURCES: tuple[str, ...] = ("demo", "hcp", "local")
 SUBJECT_ID_PATTERNS: dict[str, str] = {
     "demo": r"demo[0-9]+",
     "hcp": hcp.HCP_SUBJECT.pattern,
+    "openneuro": openneuro.SUBJECT.pattern,
     "local": local.LOCAL_SUBJECT.pattern,
 }
 
@@ -57,6 +58,10 @@ def subject_ids(config: Mapping[str, Any]) -> list[str]:
         return demo_subject_ids(n)
     if source == "hcp":
         return hcp.read_subjects(config["hcp"].get("subjects") or (), config["hcp"].get("subjects_file"))
+    if source == "openneuro":
+        openneuro.OpenNeuroSettings.from_config(config["openneuro"])  # the accession, checked before any job
+        section = config["openneuro"]
+        return openneuro.read_subjects(section.get("subjects") or (), section.get("subjects_file"))
     return list(local.find_scans(config["local"]))
 
 
@@ -68,7 +73,7 @@ def subject_id_pattern(config: Mapping[str, Any]) -> str:
 def ships_mask(config: Mapping[str, Any]) -> bool:
     """Whether the source provides a brain mask (otherwise skullstrip estimates one)."""
     source = _source(config)
-    return source in ("demo", "hcp") or bool(config["local"].get("mask"))
+    return source in ("demo", "hcp") or (source == "local" and bool(config["local"].get("mask")))
 
 
 def local_scans(config: Mapping[str, Any], sessions: bool = False) -> dict[str, local.LocalScan]:
@@ -89,6 +94,9 @@ def source_dataset(config: Mapping[str, Any]) -> dict[str, str]:
     if source == "hcp":
         return {"Name": "HCP-1200 (WU-Minn Human Connectome Project)",
                 "URL": f"s3://{config['hcp']['bucket']}/{config['hcp']['prefix']}"}
+    if source == "openneuro":
+        section = config["openneuro"]
+        return {"Name": f"OpenNeuro {section['accession']}", "URL": f"s3://{section['bucket']}/{section['accession']}"}
     section = config["local"]
     where = section.get("bids_root") or section.get("t1")
     return {"URL": Path(os.path.abspath(os.path.expanduser(where))).as_uri()}
@@ -104,6 +112,9 @@ def source_uri(config: Mapping[str, Any], subject: str, scan: local.LocalScan | 
                 f"&voxel_size_mm={demo['voxel_size_mm']}")
     if source == "hcp":
         return f"s3://{config['hcp']['bucket']}/{config['hcp']['prefix']}/{subject}/{hcp.HCP_FILES['t1']}"
+    if source == "openneuro":  # the subject's folder: which T1w in it is found when it is fetched
+        section = config["openneuro"]
+        return f"s3://{section['bucket']}/{section['accession']}/{subject}/"
     if scan is None:
         raise ValueError(f"{subject}: source local needs the subject's T1 file")
     root = config["local"].get("bids_root")
@@ -126,6 +137,8 @@ def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
                 "voxel_size_mm": config["demo"]["voxel_size_mm"]}
     if source == "hcp":
         return {"bucket": config["hcp"]["bucket"], "prefix": config["hcp"]["prefix"]}
+    if source == "openneuro":
+        return {k: config["openneuro"][k] for k in ("bucket", "accession", "session")}
     return {}
 
 
@@ -145,6 +158,10 @@ def fetch_subject(
     elif source == "hcp":
         outputs = {"t1": out_t1} | ({"mask": out_mask} if out_mask else {})
         hcp.fetch_subject(subject, hcp.S3Settings.from_config(config["hcp"]), outputs)
+    elif source == "openneuro":
+        if out_mask:
+            raise ValueError(f"{subject}: source openneuro ships no brain mask; skullstrip estimates one")
+        openneuro.fetch_subject(subject, openneuro.OpenNeuroSettings.from_config(config["openneuro"]), out_t1)
     else:
         if scan is None:
             raise ValueError(f"{subject}: source local needs the subject's T1 file")
