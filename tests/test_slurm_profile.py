@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO, TINY_CONFIG, job_counts
 
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 GPU_PARTITION, GPU_ACCOUNT, CPU_PARTITION = "mrisr-gpu", "mrisr-gpu-account", "mrisr-cpu"
@@ -110,3 +111,27 @@ def test_without_the_gpu_setting_gpu_rules_fall_to_the_cpu_partition_and_gpu_0_o
     assert rules["train_stage"]["resources"]["slurm_partition"] == CPU_PARTITION
     assert "super_resolve" not in gpu_rules(rules) and "train_stage" in gpu_rules(rules)
     assert rules["super_resolve"]["resources"]["mem_mb"] == 4000, "a CPU job takes none of gpu_jobs"
+
+
+@pytest.mark.parametrize("on_submit_host", [False, True])
+def test_fetch_runs_in_the_preprocess_job_or_on_the_submit_host(tmp_path, on_submit_host):
+    """fetch.on_submit_host: fetch leaves its subject's cluster job and becomes a local rule;
+    skull stripping and the LR volume stay one job per subject."""
+    config = tmp_path / "fetch.yaml"
+    config.write_text(yaml.safe_dump({"fetch": {"on_submit_host": on_submit_host}}))
+    profile = user_profile(tmp_path)
+    rules = rule_settings(tmp_path, profile, TINY_CONFIG, config)
+    assert rules["fetch"]["local"] is on_submit_host
+    assert rules["fetch"]["group"] == (None if on_submit_host else "preprocess")
+    assert "fetch" not in yaml.safe_load(PROFILE.read_text())["groups"], "a profile's group would override it"
+    cmd = ["snakemake", "--profile", str(profile), "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(TINY_CONFIG), str(config), "-n", "--forceall"]
+    exe = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    groups = [sorted(re.findall(r"^    rule (\w+):", re.split(r"\n\[", chunk, maxsplit=1)[0], flags=re.M))
+              for chunk in out.split("Group job preprocess")[1:]]
+    members = ["make_lr", "skullstrip"] if on_submit_host else ["fetch", "make_lr", "skullstrip"]
+    assert groups == [members] * job_counts(out)["skullstrip"] and len(groups) == 4, groups
+    assert len(re.findall(r"^rule fetch:", out, flags=re.M)) == (4 if on_submit_host else 0)
