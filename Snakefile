@@ -41,3 +41,8 @@ rule all:
         # Training mode: the report and metrics; apply mode (apply.checkpoints): the
         # BIDS derivatives and the QC page (common.smk).
         final_targets(),
+
+
+# Last, once every rule exists: the profile's GPU settings (set-resources: gpu_jobs)
+# reach every rule that asks for a GPU (workflow/rules/scheduling.smk).
+share_gpu_settings()

@@ -44,6 +44,8 @@ PREFIX = "HCP_1200"
 READABLE = ("100307", "100408", "101915")  # real HCP-1200 IDs
 DENIED = "102311"  # objects exist, the user's policy refuses them
 NOT_A_NIFTI = "103414"  # its T1 object is not a NIfTI file
+NO_T1 = "104012"  # a subject folder with a brain mask but no T1w (as HCP's subjects without structural scans)
+OTHER_FOLDER = "documentation"  # a folder under the prefix that is not a subject
 MULTIPART_KEY = "multipart/object.bin"  # uploaded in three parts (5 MiB, 5 MiB, 4 bytes)
 CHECKSUMMED_KEY = "checksummed/object.bin"  # stored with a CRC32 checksum that botocore checks itself
 ADMIN = {"aws_access_key_id": "moto-admin", "aws_secret_access_key": "moto-admin", "region_name": "us-east-1"}
@@ -108,6 +110,9 @@ def start_hcp_server(tmp_dir: Path) -> HCPServer:
         objects[f"{PREFIX}/{subject}/{HCP_FILES['t1']}"] = nifti_bytes(t1, affine, np.float32, tmp_dir)
         objects[f"{PREFIX}/{subject}/{HCP_FILES['mask']}"] = nifti_bytes(mask, affine, np.uint8, tmp_dir)
     objects[f"{PREFIX}/{NOT_A_NIFTI}/{HCP_FILES['t1']}"] = b"<html>this is not a NIfTI file</html>" * 50
+    objects[f"{PREFIX}/{NO_T1}/{HCP_FILES['mask']}"] = objects[f"{PREFIX}/{READABLE[0]}/{HCP_FILES['mask']}"]
+    objects[f"{PREFIX}/{NO_T1}/T1w/{HCP_FILES['t1'].split('/')[1]}.md5"] = b"a key that starts like the T1's"
+    objects[f"{PREFIX}/{OTHER_FOLDER}/README.txt"] = b"not a subject"
     for key, body in objects.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
     parts = [bytes([1]) * (5 * 2**20), bytes([2]) * (5 * 2**20), b"tail"]

@@ -197,7 +197,7 @@ def test_voxel_size_far_from_training_warns_with_numbers(checkpoint, tmp_path, c
 
 
 def test_help_for_every_subcommand():
-    for argv in (["--help"], ["super-resolve", "--help"]):
+    for argv in (["--help"], ["super-resolve", "--help"], ["hcp-subjects", "--help"]):
         proc = subprocess.run([sys.executable, "-m", "mrisr.cli", *argv], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: mrisr" in proc.stdout
 

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from s3_server import BUCKET, CHECKSUMMED_KEY, DENIED, MULTIPART_KEY, NOT_A_NIFTI, READABLE
+from s3_server import BUCKET, CHECKSUMMED_KEY, DENIED, MULTIPART_KEY, NO_T1, NOT_A_NIFTI, READABLE
 
 from mrisr.data.hcp import (
     AccessDenied,
@@ -197,3 +197,58 @@ def test_an_object_that_is_not_a_nifti_is_refused(keys, tmp_path):
     with pytest.raises(FetchError, match="T1w_acpc_dc_restore.nii.gz: the downloaded object is not a NIfTI file"):
         fetch_subject(NOT_A_NIFTI, settings_for(keys), {"t1": tmp_path / "T1w.nii.gz"})
     assert leftovers(tmp_path) == []
+
+
+# --- mrisr hcp-subjects: the subject list from the bucket ----------------------------------
+
+def test_subject_folders_are_listed_page_by_page(keys):
+    from mrisr.data.hcp import subject_folders
+
+    settings = settings_for(keys)
+    folders, pages = subject_folders(s3_client(settings), settings, page_size=2)
+    assert folders == sorted(READABLE + (DENIED, NOT_A_NIFTI, NO_T1)), "the documentation folder is no subject"
+    assert pages == 4, "7 folders, 2 a page"  # HCP_1200's ~1,206 folders take 2 pages of 1,000
+    assert subject_folders(s3_client(settings), settings)[1] == 1
+
+
+def test_hcp_subjects_writes_the_subjects_with_a_t1w_for_subjects_file(keys, tmp_path, caplog, capsys, monkeypatch):
+    from mrisr import cli
+    from mrisr.data import hcp
+
+    pages, listed = [], hcp.subject_folders
+
+    def small_pages(client, settings, page_size):  # 3 folders a page: pagination with a handful of subjects
+        folders, count = listed(client, settings, page_size=3)
+        pages.append(count)
+        return folders, count
+
+    monkeypatch.setattr(hcp, "subject_folders", small_pages)
+    out = tmp_path / "subjects.txt"
+    with caplog.at_level(logging.INFO, logger="mrisr"):
+        code = cli.main(["hcp-subjects", "--out", str(out), "--endpoint-url", keys.endpoint_url, "--workers", "3"])
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr
+    assert pages == [3], "more than one page"
+    with_t1 = sorted(READABLE + (DENIED, NOT_A_NIFTI))  # a T1w object exists; reading it is fetch's business
+    assert read_subjects(subjects_file=out) == with_t1 and NO_T1 not in read_subjects(subjects_file=out)
+    assert f"without one: {NO_T1}" in out.read_text()
+    assert f"5 of 6 subjects have a T1w: {out}" in stderr
+    for text in (out.read_text(), stderr, caplog.text):
+        assert keys.access_key_id not in text and keys.secret_access_key not in text
+
+
+def test_hcp_subjects_errors_name_the_cause_and_write_nothing(hcp_server, aws_env, tmp_path, capsys):
+    from mrisr import cli
+
+    out = tmp_path / "subjects.txt"
+    args = ["hcp-subjects", "--out", str(out), "--endpoint-url", hcp_server.endpoint_url]
+    assert cli.main(args) == 2
+    assert "no AWS credentials found" in capsys.readouterr().err
+    aws_env(AWS_ACCESS_KEY_ID=hcp_server.access_key_id, AWS_SECRET_ACCESS_KEY="the-wrong-secret")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "secret access key does not match" in err and "the-wrong-secret" not in err
+    aws_env(AWS_SECRET_ACCESS_KEY=hcp_server.secret_access_key)
+    assert cli.main([*args, "--prefix", "HCP_900"]) == 2
+    assert "no subject folder under s3://hcp-openaccess/HCP_900/ holds a T1w" in capsys.readouterr().err
+    assert not out.exists()

@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="seed of the scans (default 1; the demo trains on 0)")
     demo.set_defaults(func=_demo_bids)
     _add_openneuro_subjects(sub)
+    _add_hcp_subjects(sub)
     return parser
 
 
@@ -182,6 +183,46 @@ def _openneuro_subjects(args: argparse.Namespace) -> int:
         print(f"mrisr: error: {err}", file=sys.stderr)
         return 2
     print(f"{len(found)} subjects with a T1w scan written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_hcp_subjects(sub) -> None:
+    from mrisr.data.hcp import HCP_BUCKET, HCP_PREFIX, HCP_REGION
+
+    hcp = sub.add_parser(
+        "hcp-subjects", help="list the HCP-1200 subjects that have a T1w into a subjects file (hcp.subjects_file)",
+        description="Lists the subject folders of the release (s3://BUCKET/PREFIX/) and keeps those holding "
+                    "T1w/T1w_acpc_dc_restore.nii.gz (1,113 of HCP-1200's 1,206), one ID a line, for the config "
+                    "key hcp.subjects_file. AWS keys come from the environment, ~/.aws or --profile, as for the "
+                    "workflow's downloads; they are never written or printed.",
+    )
+    hcp.add_argument("--out", required=True, help="the subjects file to write (e.g. config/hcp_subjects.txt)")
+    hcp.add_argument("--bucket", default=HCP_BUCKET, help=f"S3 bucket (default {HCP_BUCKET})")
+    hcp.add_argument("--prefix", default=HCP_PREFIX, help=f"key prefix of the release (default {HCP_PREFIX})")
+    hcp.add_argument("--region", default=HCP_REGION, help=f"AWS region (default {HCP_REGION})")
+    hcp.add_argument("--endpoint-url", help="S3 endpoint instead of AWS's (a mirror, a test server)")
+    hcp.add_argument("--profile", help="named AWS profile holding the HCP keys (default: the standard chain)")
+    hcp.add_argument("--workers", type=int, default=16, help="T1w checks at a time (default 16)")
+    hcp.set_defaults(func=_hcp_subjects)
+
+
+def _hcp_subjects(args: argparse.Namespace) -> int:
+    from mrisr.data.hcp import FetchError, S3Settings, subjects_with_t1, write_subjects_file
+
+    settings = S3Settings(bucket=args.bucket, prefix=args.prefix.strip("/"), region=args.region,
+                          endpoint_url=args.endpoint_url, profile=args.profile)
+    try:
+        subjects, folders = subjects_with_t1(settings, workers=args.workers)
+    except FetchError as err:
+        print(f"mrisr: error: {err}", file=sys.stderr)
+        return 2
+    if not subjects:
+        print(f"mrisr: error: no subject folder under s3://{args.bucket}/{settings.prefix}/ holds a T1w; "
+              "check --bucket and --prefix", file=sys.stderr)
+        return 2
+    write_subjects_file(args.out, subjects, folders, settings)
+    print(f"{len(subjects)} of {len(folders)} subjects have a T1w: {args.out} (set hcp.subjects_file to it)",
+          file=sys.stderr)
     return 0
 
 

@@ -52,6 +52,7 @@ if APPLY.enabled:
             "results/benchmarks/apply_scan/{scan}.tsv"
         resources:
             mem_mb=4000,
+            gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
         conda:
             "../../envs/mrisr.yaml"
         script:

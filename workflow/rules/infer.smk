@@ -17,6 +17,7 @@ rule super_resolve:
         "results/benchmarks/super_resolve/{subject}.tsv"
     resources:
         mem_mb=4000,
+        gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
     conda:
         "../../envs/mrisr.yaml"
     script:
@@ -57,6 +58,7 @@ rule super_resolve_compare:
         "results/benchmarks/super_resolve_compare/{name}_{subject}.tsv"
     resources:
         mem_mb=4000,
+        gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
     conda:
         "../../envs/mrisr.yaml"
     script:
@@ -84,6 +86,7 @@ if CALIBRATION_SUBJECTS:
             "results/benchmarks/super_resolve_val/{subject}.tsv"
         resources:
             mem_mb=4000,
+            gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
         conda:
             "../../envs/mrisr.yaml"
         script:

@@ -27,7 +27,8 @@ rule cache_stage:
 
 # train_stage: one job per cascade stage, on train subjects, validated on val.
 # It resumes from results/models/stage{k}/resume.pt when an earlier attempt was
-# stopped (time limit, pre-emption, Ctrl-C); GPU and DDP resources come from the profile.
+# stopped (time limit, pre-emption, Ctrl-C). It asks for one GPU; the partition, DDP (gpu=N)
+# and the other GPU settings come from the profile (set-resources gpu_jobs and train_stage).
 
 
 rule train_stage:
@@ -61,6 +62,7 @@ rule train_stage:
         "results/benchmarks/train_stage/stage{stage}.tsv"
     resources:
         mem_mb=4000,
+        gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
     conda:
         "../../envs/mrisr.yaml"
     script:
@@ -88,6 +90,7 @@ rule train_compare:
         "results/benchmarks/train_compare/{name}_stage{stage}.tsv"
     resources:
         mem_mb=4000,
+        gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
     conda:
         "../../envs/mrisr.yaml"
     script:

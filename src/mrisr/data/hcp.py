@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from mrisr.data.remote import (  # noqa: F401 (the errors and Retry are part of this module's interface)
     AccessDenied,
@@ -36,10 +36,13 @@ from mrisr.data.remote import (  # noqa: F401 (the errors and Retry are part of 
     check_nifti_3d,
     client_config,
     error_status,
+    is_transient,
     log_download,
     read_subject_list,
     verified_download,
 )
+
+from mrisr.io import atomic_path
 
 log = logging.getLogger("mrisr")
 
@@ -192,3 +195,87 @@ def fetch_subject(subject: str, settings: S3Settings, outputs: Mapping[str, str 
         result = download(client, settings.bucket, key, dest, Retry(settings.attempts, settings.backoff_s),
                           subject=subject, check=check_nifti_3d)
         log_download(subject, settings.bucket, key, dest, result, start)
+
+
+# --- the subject list: every subject folder of the release that holds a T1w ----------------
+
+def _s3_call(call: Callable[[], Any], retry: Retry, bucket: str, where: str) -> Any:
+    """``call()``, retried on transient failures as ``download`` is; other S3 errors raise their ``FetchError``."""
+    last: Exception | None = None
+    for attempt in range(1, max(1, retry.attempts) + 1):
+        if attempt > 1:
+            retry.sleep(retry.pause(attempt))
+        try:
+            return call()
+        except Exception as err:  # classified below: specific, transient or unexpected
+            specific = _client_error(err, bucket, where, "")
+            if specific is not None:
+                raise specific from None
+            if not is_transient(err):
+                raise
+            last = err
+    raise TransferFailed(f"s3://{bucket}/{where}: listing failed {retry.attempts} times, last with: {last}")
+
+
+def subject_folders(client: Any, settings: S3Settings, page_size: int = 1000) -> tuple[list[str], int]:
+    """The six-digit folder names under ``prefix/`` and the number of listing pages it took.
+
+    One ListObjectsV2 with Delimiter='/' returns the folders, not the objects in
+    them, up to ``page_size`` (S3: at most 1,000) per page; HCP_1200's ~1,200
+    subject folders take two pages. Other names (files, documentation folders) are skipped.
+    """
+    retry = Retry(settings.attempts, settings.backoff_s)
+    prefix, folders, pages, token = f"{settings.prefix}/", [], 0, None
+    while True:
+        args = {"Bucket": settings.bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": page_size}
+        page = _s3_call(lambda: client.list_objects_v2(**args, **({"ContinuationToken": token} if token else {})),
+                        retry, settings.bucket, prefix)
+        pages += 1
+        for common in page.get("CommonPrefixes", []):
+            name = common["Prefix"][len(prefix):].rstrip("/")
+            if HCP_SUBJECT.fullmatch(name):
+                folders.append(name)
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return sorted(folders), pages
+
+
+def has_t1(client: Any, settings: S3Settings, subject: str) -> bool:
+    """Whether ``subject``'s T1 (``HCP_FILES['t1']``) exists: one listing of its exact key.
+
+    A listing with the key as prefix and MaxKeys=1 costs one request, as a
+    HeadObject would, but needs only the s3:ListBucket permission (not
+    GetObject, which HCP refuses for some keys), and an absent T1 is an empty
+    answer, not a 404 to tell apart from other errors.
+    """
+    key = settings.key(subject, "t1")
+    page = _s3_call(lambda: client.list_objects_v2(Bucket=settings.bucket, Prefix=key, MaxKeys=1),
+                    Retry(settings.attempts, settings.backoff_s), settings.bucket, key)
+    return any(item["Key"] == key for item in page.get("Contents", []))
+
+
+def subjects_with_t1(settings: S3Settings, page_size: int = 1000, workers: int = 16) -> tuple[list[str], list[str]]:
+    """(subjects with a T1w, every subject folder) of the release, sorted.
+
+    1,206 folders cost two listing pages and 1,206 one-key listings, ``workers``
+    at a time (a minute or so serially, seconds in parallel).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = s3_client(settings)
+    folders, pages = subject_folders(client, settings, page_size)
+    log.info("s3://%s/%s/: %d subject folders in %d listing page(s)", settings.bucket, settings.prefix, len(folders), pages)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = list(pool.map(lambda s: has_t1(client, settings, s), folders))
+    return [s for s, ok in zip(folders, found) if ok], folders
+
+
+def write_subjects_file(path: str | os.PathLike, subjects: Sequence[str], folders: Sequence[str],
+                        settings: S3Settings) -> None:
+    """Write ``subjects`` one per line, under a comment saying where they come from (``read_subjects`` reads it)."""
+    missing = sorted(set(folders) - set(subjects))
+    lines = [f"# HCP subjects with {HCP_FILES['t1']} in s3://{settings.bucket}/{settings.prefix}/",
+             f"# (mrisr hcp-subjects): {len(subjects)} of {len(folders)} subject folders",
+             f"# without one: {' '.join(missing) if missing else 'none'}", *subjects]
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
