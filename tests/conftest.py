@@ -32,7 +32,7 @@ def snakemake_cmd(workdir: Path, *args: str, config: Path = TINY_CONFIG) -> list
         # One torch thread per network job: on a shared 2-core machine two
         # threads that spin-wait for each other make training several times slower.
         # (Before --cores: a list option would swallow the targets in args.)
-        "--set-threads", "train_stage=1", "super_resolve=1", "train_compare=1", "super_resolve_compare=1",
+        "--set-threads", "train_predictor=1", "train_stage=1", "super_resolve=1", "train_compare=1", "super_resolve_compare=1",
         "apply_scan=1",
         "--cores", "2",
         *args,

@@ -110,15 +110,15 @@ def test_conditioning_augmentation_blurs_and_noises_the_condition_only_by_its_pi
     levels = np.array([p.blur for p in picks])
     assert 0 <= levels.min() < 0.2 and 1.8 < levels.max() <= 2.0 and abs(levels.mean() - 1.0) < 0.15
     inside = next(p for p in picks if all(8 <= c <= 31 for c in p.centre) and p.blur > 1.0)
-    cond, target = blur.patch(inside)
+    (cond,), target = blur.patch(inside)
     box = tuple(slice(c - 4, c + 4) for c in inside.centre)
     np.testing.assert_allclose(cond, gaussian_filter(pair.cond, inside.blur, mode="constant")[box], atol=1e-4)
     np.testing.assert_array_equal(target, pair.target[box])
     pick = next(p for p in (noise.pick(s, 0) for s in range(100)) if all(4 <= c <= 35 for c in p.centre))
-    cond, target = noise.patch(pick)
+    (cond,), target = noise.patch(pick)
     residual = cond - pair.cond[tuple(slice(c - 4, c + 4) for c in pick.centre)]
     assert abs(residual.std() - pick.noise) < 0.15 * pick.noise
-    np.testing.assert_array_equal(noise.patch(pick)[0], cond)  # a pick's noise is a function of the pick
+    np.testing.assert_array_equal(noise.patch(pick)[0][0], cond)  # a pick's noise is a function of the pick
 
 
 def test_loader_workers_deliver_the_same_batches_in_order(tmp_path):

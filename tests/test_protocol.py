@@ -31,9 +31,8 @@ def _prepare(tmp_path, t1, mask, protocol: str, factor: int = 2, normalise: str 
     save_volume(raw, t1, AFFINE)
     save_volume(raw_mask, mask.astype(np.uint8), AFFINE, dtype=np.uint8)
     files = {k: str(tmp_path / f"{protocol}_{k}.nii.gz") for k in ("hr", "mask", "lr")}
-    acquisition = Acquisition(factor, 3, "spline") if protocol == "acquisition" else None
-    pipeline.skullstrip(str(raw), files["hr"], files["mask"], 3.0, factor, 99.5, str(raw_mask), acquisition,
-                        normalise)
+    acquisition = Acquisition(factor, 3, "spline", normalise) if protocol == "acquisition" else None
+    pipeline.skullstrip(str(raw), files["hr"], files["mask"], 3.0, factor, 99.5, str(raw_mask), acquisition)
     pipeline.make_lr(files["hr"], files["lr"], factor, 3, "spline",
                      raw_t1=str(raw) if protocol == "acquisition" else None, normalise=normalise)
     return {k: load_volume(p) for k, p in files.items()}

@@ -49,6 +49,7 @@ def config():
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     cfg["train"].pop("checkpoint_every")  # not part of the model's config (see common.smk)
     cfg["train"].update(steps=STEPS, val_every=4, warmup_steps=3)
+    cfg["diffusion"]["target"] = "residual"  # the loop's state and resume are the same whatever the residual's base
     return cfg
 
 

@@ -15,12 +15,20 @@ from mrisr.diffusion.cascade import stage_grids, stage_pair, total_factor
 from mrisr.config import ConfigError, SamplingOptions
 from mrisr.inference import CheckpointError, load_stage, super_resolve
 from mrisr.training import StageRun, train_stage
+from mrisr.training.refine import train_predict_and_refine
 
 
 @pytest.fixture(scope="module")
 def config():
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     return cfg
+
+
+@pytest.fixture(scope="module")
+def residual_config(config):
+    """The tiny config with the diffusion model on the residual over the spline (no predictor): for what the
+    training loop and sampler do whatever the residual's base."""
+    return {**config, "diffusion": {**config["diffusion"], "target": "residual"}}
 
 
 
@@ -53,9 +61,8 @@ def checkpoints(tmp_path_factory, config):
         for seed in range(3):
             hr, mask = _volumes(seed)
             pairs.append(stage_pair(hr, downsample(hr, 4), mask, [2, 2], stage))
-        ckpt, log = out / f"stage{stage}.pt", out / f"stage{stage}.tsv"
-        result = train_stage(pairs[:2], pairs[2:], StageRun(config, stage, ckpt, log), log=lambda m: None)
-        assert result.steps == config["train"]["steps"] and np.isfinite(result.final_val_loss)
+        ckpt = train_predict_and_refine(pairs[:2], pairs[2:], config, stage, out / f"stage{stage}", log=lambda m: None)
+        log = out / f"stage{stage}" / "train_log.tsv"
         lines = log.read_text().splitlines()
         assert lines[0].split("\t") == ["step", "train_loss", "val_loss", "lr", "seconds", "parameters", "peak_rss_mb",
                                          "data_wait_s"]
@@ -243,11 +250,11 @@ def test_corrupt_checkpoint_is_a_clear_error(checkpoints, tmp_path):
         load_stage(tmp_path / "none.pt", torch.device("cpu"))
 
 
-def test_triplanar_variant_trains_and_samples(tmp_path, config):
+def test_triplanar_variant_trains_and_samples(tmp_path, residual_config):
     from mrisr.data.degrade import downsample
 
-    cfg = {**config, "model": {**config["model"], "variant": "triplanar2d"}, "cascade": {"factors": [2]},
-           "train": {**config["train"], "steps": 2, "val_every": 2}}
+    cfg = {**residual_config, "model": {**residual_config["model"], "variant": "triplanar2d"}, "cascade": {"factors": [2]},
+           "train": {**residual_config["train"], "steps": 2, "val_every": 2}}
     pairs = []
     for seed in range(2):
         hr, mask = _volumes(seed)
@@ -261,14 +268,14 @@ def test_triplanar_variant_trains_and_samples(tmp_path, config):
     assert out[-1].mean.shape == (16, 16, 16)
 
 
-def test_edm_prediction_trains_passes_a_clean_input_through_and_samples(tmp_path, config, checkpoints):
+def test_edm_prediction_trains_passes_a_clean_input_through_and_samples(tmp_path, residual_config, checkpoints):
     """prediction edm: at t = 0 the x0 error is near that of x_t / sqrt(abar) from the first step,
     where the x0-predicting network of the same training is far from it."""
     from mrisr.data.degrade import downsample
     from mrisr.diffusion import analytic
     from mrisr.diffusion.schedule import full_schedule
 
-    cfg = {**config, "cascade": {"factors": [2]}, "diffusion": {**config["diffusion"], "prediction": "edm"}}
+    cfg = {**residual_config, "cascade": {"factors": [2]}, "diffusion": {**residual_config["diffusion"], "prediction": "edm"}}
     pairs = []
     for seed in range(3):
         hr, mask = _volumes(seed)
@@ -313,13 +320,13 @@ def test_residual_scale_round_trips_and_scales_the_loss_by_its_square(config):
     assert losses[1] == pytest.approx(100.0 * losses[0], rel=1e-5)
 
 
-def test_the_regression_baseline_learns_x0_from_the_condition_and_samples_in_one_pass(tmp_path, config):
+def test_the_regression_baseline_learns_x0_from_the_condition_and_samples_in_one_pass(tmp_path, residual_config):
     """train.objective: regression: the MSE loss on x0 from the condition alone; inference is one network
     pass (x_t = 0, t = 0) per mirroring, deterministic, with no sd map."""
     from mrisr.data.degrade import downsample, upsample
     from mrisr.inference import load_stage, super_resolve
 
-    cfg = {**config, "cascade": {"factors": [2]}, "train": {**config["train"], "objective": "regression", "steps": 30},
+    cfg = {**residual_config, "cascade": {"factors": [2]}, "train": {**residual_config["train"], "objective": "regression", "steps": 30},
            "device": "cpu"}
     pairs = []
     for seed in range(3):
@@ -343,7 +350,7 @@ def test_the_regression_baseline_learns_x0_from_the_condition_and_samples_in_one
     np.testing.assert_allclose(out.mean, expected, atol=1e-5)
 
 
-def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_stream_alone(config):
+def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_stream_alone(residual_config):
     """train.t_end_fraction: a share of each batch's timesteps at T-1, the rest uniform; 0 draws exactly the
     uniform stream DDPM's eq. 14 draws (so the default model is unchanged)."""
     from mrisr.distributed import World
@@ -355,13 +362,13 @@ def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_s
     pair = stage_pair(hr, downsample(hr, 2), mask, [2], 0)
 
     def loop(share: float) -> TrainLoop:
-        cfg = {**config, "cascade": {"factors": [2]}, "device": "cpu",
-               "train": {**config["train"], "t_end_fraction": share}}
+        cfg = {**residual_config, "cascade": {"factors": [2]}, "device": "cpu",
+               "train": {**residual_config["train"], "t_end_fraction": share}}
         return TrainLoop([pair], [pair], StageRun(cfg, 0, "unused.pt", "unused.tsv"), World())
 
-    T = int(config["diffusion"]["num_timesteps"])
+    T = int(residual_config["diffusion"]["num_timesteps"])
     uniform = loop(0.0)
-    seed = int(config["train"]["seed"])
+    seed = int(residual_config["train"]["seed"])
     np.testing.assert_array_equal(uniform.draw_t(64), np.random.default_rng(seed).integers(0, T, size=64))
     assert (loop(1.0).draw_t(64) == T - 1).all()
     half = loop(0.5).draw_t(1000)
@@ -371,7 +378,7 @@ def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_s
     assert rest.min() < T // 10 and rest.max() > T - T // 10  # the others still span 0..T-1
 
 
-def test_conditioning_augmentation_applies_to_stages_after_the_first_only(config):
+def test_conditioning_augmentation_applies_to_stages_after_the_first_only(residual_config):
     """Stage 0 conditions on the real LR volume: train.cond_augment leaves its patches alone."""
     from mrisr.data.degrade import downsample
     from mrisr.distributed import World
@@ -379,8 +386,8 @@ def test_conditioning_augmentation_applies_to_stages_after_the_first_only(config
     from mrisr.training.patches import CondAugment
 
     hr, mask = _volumes(0)
-    cfg = {**config, "cascade": {"factors": [2, 2]}, "device": "cpu",
-           "train": {**config["train"], "cond_augment": {"blur": 1.5, "noise": 0.02}}}
+    cfg = {**residual_config, "cascade": {"factors": [2, 2]}, "device": "cpu",
+           "train": {**residual_config["train"], "cond_augment": {"blur": 1.5, "noise": 0.02}}}
     pairs = [stage_pair(hr, downsample(hr, 4), mask, [2, 2], k) for k in (0, 1)]
     loops = [TrainLoop([pairs[k]], [pairs[k]], StageRun(cfg, k, "unused.pt", "unused.tsv"), World()) for k in (0, 1)]
     assert loops[0].sampler.augment is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-MODEL_SECTIONS = ("cascade", "degrade", "diffusion", "model", "skullstrip", "train")
+MODEL_SECTIONS = ("cascade", "degrade", "diffusion", "model", "predictor", "skullstrip", "train")
 
 
 RUN_ONLY = ("checkpoint_every", "loader_workers")  # train keys that do not change the trained model

@@ -77,12 +77,16 @@ def check_combinations(diffusion: Mapping[str, Any], sampling: Mapping[str, Any]
     - The ``seed`` schedule's ᾱ_t underflows to 0 in float32 from t ≈ 491, so an
       ``eps`` network's x0 = (x_t - sqrt(1 - ᾱ) eps) / sqrt(ᾱ) divides by zero,
       and ``edm``'s noise level sqrt((1 - ᾱ) / ᾱ) is infinite.
+    - The ``predictor`` estimate needs a predictor: ``diffusion.target: predictor_residual``.
     - The ``posterior_mean`` estimate is the x0 prediction at t = T, where an
       ``eps`` network's x0 divides by sqrt(ᾱ_T) (about 0.006 for the cosine
       schedule): it multiplies the network's error by over 150.
     """
     d = {**section_defaults("diffusion"), **dict(diffusion)}
     estimate = {**section_defaults("sampling"), **dict(sampling)}["estimate"]
+    if estimate == "predictor" and d["target"] != "predictor_residual":
+        raise ConfigError(f"sampling.estimate: 'predictor' is the stage predictor's output, which only the "
+                          f"predict-and-refine design has (diffusion.target: predictor_residual, not {d['target']!r})")
     if d["schedule"] == "seed" and d["prediction"] in ("eps", "edm"):
         raise ConfigError(f"diffusion.prediction: {d['prediction']!r} cannot be used with schedule 'seed', whose "
                           "ᾱ_t underflows to 0 from t ≈ 491 (x0 from it divides by zero); use x0 or v")
@@ -91,7 +95,7 @@ def check_combinations(diffusion: Mapping[str, Any], sampling: Mapping[str, Any]
                           "gives only by dividing by sqrt(ᾱ_T) ≈ 0; use prediction x0, v or edm, or estimate sample_mean")
 
 
-Estimate = Literal["sample_mean", "posterior_mean"]
+Estimate = Literal["predictor", "sample_mean", "posterior_mean"]
 Variance = Literal["posterior", "analytic"]
 SamplerName = Literal["ancestral", "ddim"]
 
@@ -135,7 +139,10 @@ class SamplingOptions:
     def steps_run(self) -> int:
         """The reverse steps that run: with the posterior-mean estimate and one
         sample only the first step's x0 prediction is kept, so only that step
-        runs (the later ones would change nothing)."""
+        runs (the later ones would change nothing); with the predictor's
+        estimate and one sample, none."""
+        if self.estimate == "predictor" and self.n_samples == 1:
+            return 0
         if self.estimate == "posterior_mean" and self.n_samples == 1:
             return 1
         return self.steps

@@ -17,6 +17,9 @@ from mrisr.diffusion import analytic
 from mrisr.diffusion.cascade import run_cascade
 from mrisr.diffusion.nets import UNet, unet_from_config
 from mrisr.diffusion.parameterization import Parameterization
+from mrisr.diffusion.predictor import (
+    MIRRORINGS, ShuffleResNet, predictor_flips, predictor_from_config, predictor_output,
+)
 from mrisr.diffusion.sampler import prior_sample, sample, sliding_window, start_from
 from mrisr.diffusion.schedule import NoiseSchedule, full_schedule, sampling_schedule
 from mrisr.io import InputError
@@ -37,6 +40,12 @@ class Stage:
     path: Path
     param: Parameterization  # what the network's output means (the config's diffusion section)
     x0_mse: dict | None = None  # the x0 prediction's error by timestep (mrisr.diffusion.analytic)
+    predictor: ShuffleResNet | None = None  # predict-and-refine's g, carried in the checkpoint
+
+    @property
+    def predictor_flips(self) -> tuple[tuple[int, ...], ...]:
+        """The mirrorings g's output is averaged over (``predictor_flips``)."""
+        return predictor_flips(self.config)
 
     @property
     def regression(self) -> bool:
@@ -77,27 +86,43 @@ def cascade_configs(checkpoints: Sequence[str | Path]) -> list[dict]:
 
 
 def load_stage(path: str | Path, device: torch.device) -> Stage:
-    """Load a stage checkpoint (``weights_only=True``) and its EMA weights."""
+    """Load a stage checkpoint (``weights_only=True``): the diffusion model's EMA weights, and the stage's
+    predictor's when the design is predict-and-refine (``diffusion.target: predictor_residual``)."""
     path = Path(path)
     payload = _read_checkpoint(path)
     config, stage = payload["config"], int(payload["stage"])
-    model = unet_from_config(config["model"])
-    try:
-        model.load_state_dict(payload["ema"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model in its config ({err})") from None
+    if payload.get("network") == "predictor":
+        raise CheckpointError(f"{path}: a stage's predictor alone; give the stage's checkpoint.pt, which carries it")
+    param = Parameterization.from_diffusion(config["diffusion"])
+    model = unet_from_config(config["model"], cond_channels=param.cond_channels)
+    _load_weights(model, payload["ema"], path, "the model in its config")
     factor = int(config["cascade"]["factors"][stage])
+    predictor = None
+    if param.target == "predictor_residual":
+        if "predictor" not in payload:
+            raise CheckpointError(f"{path}: a predict-and-refine stage without its predictor's weights")
+        predictor = predictor_from_config(config["predictor"], factor)
+        _load_weights(predictor, payload["predictor"]["ema"], path, "the predictor in its config")
+        predictor = predictor.to(device).eval()
     return Stage(model=model.to(device).eval(), config=config, stage=stage, factor=factor, path=path,
-                 param=Parameterization.from_diffusion(config["diffusion"]), x0_mse=payload.get("x0_mse"))
+                 param=param, x0_mse=payload.get("x0_mse"), predictor=predictor)
 
 
-def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Edge-pad so every side is >= minimum and divisible by divisor; return the crop back."""
-    pads, crop = [], []
-    for side in volume.shape:
+def _load_weights(model: torch.nn.Module, weights: dict, path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit {what} ({err})") from None
+
+
+def _pad_to(volume: np.ndarray, minimum: int, divisor: int, align: int = 1) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Edge-pad the spatial sides of (C, *S) so each is >= minimum and divisible by divisor, by a multiple of
+    ``align`` before (a predictor's LR grid keeps its phase); return the spatial crop back."""
+    pads, crop = [(0, 0)], []
+    for side in volume.shape[1:]:
         target = max(side, minimum)
         target = int(math.ceil(target / divisor) * divisor)
-        before = (target - side) // 2
+        before = (target - side) // 2 // align * align
         pads.append((before, target - side - before))
         crop.append(slice(before, before + side))
     return np.pad(volume, pads, mode="edge"), tuple(crop)
@@ -105,10 +130,13 @@ def _pad_to(volume: np.ndarray, minimum: int, divisor: int) -> tuple[np.ndarray,
 
 @dataclass
 class StageOutput:
-    """One stage's super-resolved volume (the mean of its samples) and their per-voxel sd."""
+    """One stage's super-resolved volume (its estimate), the per-voxel sd of its samples, and, where there are
+    some, its predictor's output alone and its first sample."""
 
     mean: np.ndarray
     sd: np.ndarray | None  # None for a single sample
+    predictor: np.ndarray | None = None  # g alone (predict, then refine)
+    sample: np.ndarray | None = None  # the first sample
 
 
 def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, order: int, iterations: int,
@@ -123,7 +151,7 @@ def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, or
     return estimate
 
 
-FLIPS = tuple(tuple(d for d in range(3) if k >> d & 1) for k in range(8))  # the 8 mirrorings of a volume
+FLIPS = MIRRORINGS  # the 8 mirrorings of a volume
 @dataclass(frozen=True)
 class _StageSampler:
     """One stage's reverse process under given sampling options: schedule, noise, network calls."""
@@ -175,16 +203,16 @@ class _StageSampler:
     @torch.no_grad()
     def regress(self, cond: torch.Tensor) -> torch.Tensor:
         """The regression baseline's x0: one pass over the volume, x_t = 0 and t = 0 (``training.loop.regression_loss``)."""
-        return self.network_pass(torch.zeros_like(cond), cond, 0)
+        return self.network_pass(torch.zeros_like(cond[:, :1]), cond, 0)
 
     def draw(
         self, padded: np.ndarray, crop: tuple[slice, ...], axes: tuple[int, ...],
         generator: torch.Generator, progress: Callable[[int, int], None] | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One sample of the stage's output on the volume mirrored by ``axes``, and its
-        first-step x0 prediction (the posterior-mean estimate), both mirrored back and cropped."""
+        """One sample of the stage's output on the condition (C, *S) mirrored by ``axes``, and its first-step
+        x0 prediction (the posterior-mean estimate), both mirrored back and cropped."""
         param = self.stage.param
-        cond = torch.from_numpy(np.ascontiguousarray(np.flip(padded, axes)))[None, None].to(self.device)
+        cond = torch.from_numpy(np.ascontiguousarray(np.flip(padded, tuple(a + 1 for a in axes))))[None].to(self.device)
         first: list[torch.Tensor] = []
 
         def to_image(x0: torch.Tensor) -> np.ndarray:
@@ -194,15 +222,28 @@ class _StageSampler:
         if self.stage.regression:
             image = to_image(self.regress(cond))
             return image, image
+        shape = (1, 1, *cond.shape[2:])
         if self.options.start_t is not None:  # from the condition itself: x0 = 0 residual, or the spline image
-            x_start = start_from(self.schedule, param.to_diffusion_space(cond, cond), generator)
+            x_start = start_from(self.schedule, param.to_diffusion_space(param.base(cond), cond), generator)
         else:
-            x_start = prior_sample(self.schedule, cond.shape, generator, self.device)
+            x_start = prior_sample(self.schedule, shape, generator, self.device)
         x0 = sample(
             self.denoiser(cond, first), self.schedule, x_start, method=self.options.method,
             eta=float(self.options.eta), generator=generator, progress=progress, x0_var=self.x0_var,
         )
         return to_image(x0), to_image(first[0])
+
+
+def load_predictor(path: str | Path, device: torch.device) -> tuple[ShuffleResNet, tuple[tuple[int, ...], ...]]:
+    """A stage's trained predictor (its ``predictor.pt``) and the mirrorings its output is averaged over."""
+    path = Path(path)
+    payload = _read_checkpoint(path)
+    if payload.get("network") != "predictor":
+        raise CheckpointError(f"{path}: not a predictor checkpoint")
+    config, stage = payload["config"], int(payload["stage"])
+    model = predictor_from_config(config["predictor"], int(config["cascade"]["factors"][stage]))
+    _load_weights(model, payload["ema"], path, "the predictor in its config")
+    return model.to(device).eval(), predictor_flips(config)
 
 
 def super_resolve_stage(
@@ -214,8 +255,12 @@ def super_resolve_stage(
 ) -> StageOutput:
     """Super-resolve ``volume`` by the stage's factor; float32 in [0, 1] on the finer grid.
 
-    Draws ``options.n_samples`` samples. The point estimate is ``options.estimate``:
+    Draws ``options.n_samples`` samples. For a predict-and-refine stage the
+    condition carries the predictor's output g (``predictor_output``) as a
+    second channel and a sample is g plus a sampled residual. The point
+    estimate is ``options.estimate``:
 
+    - ``predictor``: g alone (no sample is drawn for it; with one sample none is drawn at all);
     - ``sample_mean``: the mean of the samples;
     - ``posterior_mean``: the mean of the network's x0 predictions at the first
       reverse step, where x_T is pure noise, i.e. of estimates of E[x0 | LR]
@@ -237,19 +282,32 @@ def super_resolve_stage(
     ``mrisr.diffusion.analytic``), so that few large steps spread their
     samples as the 1000-step sampler does.
     """
-    sampler = _StageSampler.build(stage, options)
     order = int(stage.config["degrade"]["order"])
     cond_np = upsample(volume, stage.factor, order)
-    padded, crop = _pad_to(cond_np, min(options.patch_size, max(cond_np.shape)), stage.model.divisor)
+    g = predictor_output(stage.predictor, cond_np, stage.predictor_flips) if stage.predictor is not None else None
+    if options.estimate == "predictor" and g is None:
+        raise CheckpointError(f"{stage.path}: sampling.estimate 'predictor' needs a predict-and-refine stage "
+                              "(diffusion.target: predictor_residual); this one has no predictor")
+    if options.estimate == "predictor" and options.n_samples == 1:  # g alone: nothing to sample
+        return StageOutput(mean=np.clip(g, 0.0, 1.0), sd=None, predictor=np.clip(g, 0.0, 1.0))
+    sampler = _StageSampler.build(stage, options)
+    channels = np.stack([cond_np] if g is None else [cond_np, g])
+    divisor = math.lcm(stage.model.divisor, stage.factor)
+    padded, crop = _pad_to(channels, min(options.patch_size, max(cond_np.shape)), divisor,
+                           stage.factor if g is not None else 1)
     flips = FLIPS if options.flip_ensemble else ((),)
     draws = [sampler.draw(padded, crop, flips[k % len(flips)], generator, progress) for k in range(options.n_samples)]
     samples = np.stack([d[0] for d in draws])
-    mean = (samples if options.estimate == "sample_mean" else np.stack([d[1] for d in draws])).mean(axis=0)
+    if options.estimate == "predictor":
+        mean = g
+    else:
+        mean = (samples if options.estimate == "sample_mean" else np.stack([d[1] for d in draws])).mean(axis=0)
     if options.data_consistency:
         mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency,
                                 stage.config["degrade"].get("method", "spline"))
     sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 and not stage.regression else None
-    return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd)
+    return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd,
+                       predictor=None if g is None else np.clip(g, 0.0, 1.0), sample=samples[0])
 
 
 def load_cascade(checkpoints: Sequence[str | Path], device: torch.device) -> list[Stage]:

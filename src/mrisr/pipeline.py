@@ -45,7 +45,7 @@ def fetch(subject: str, config: Mapping[str, Any], out_t1: str, out_mask: str | 
 def skullstrip(
     raw_t1: str, out_t1: str, out_mask: str,
     margin_mm: float, multiple: int, percentile: float,
-    raw_mask: str | None = None, acquisition: Acquisition | None = None, normalise: str = "brain",
+    raw_mask: str | None = None, acquisition: Acquisition | None = None,
 ) -> None:
     """Find the brain, crop to it (sides divisible by ``multiple``), normalise to [0, 1] (``data.protocol``).
 
@@ -53,8 +53,8 @@ def skullstrip(
     estimated from the T1 (``data.brain_extraction``). Either way it is written
     to ``out_mask``, beside the HR volume, on the same cropped grid. With
     ``acquisition`` (the acquisition protocol) the HR is the whole head in the
-    box, scaled as its LR is (``data.protocol.lr_scale`` by ``normalise``: the
-    percentile of the LR's own brain, or of its field of view); without (the
+    box, scaled as its LR is (``data.protocol.lr_scale`` by ``acquisition.normalise``:
+    the percentile of the LR's own brain, or of its field of view); without (the
     seed's masked protocol) it is the brain only, scaled by the brain's percentile.
     """
     t1, affine = load_volume(raw_t1)
@@ -66,6 +66,7 @@ def skullstrip(
     else:
         start, shape = aligned_box(mask > 0, affine, margin_mm, multiple)
         lr = acquisition.lr_of_field_of_view(t1)
+        normalise = acquisition.normalise
         scale = lr_scale(lr, downsample_affine(affine, acquisition.factor), percentile, normalise, raw_t1)
         hr, box_affine = crop_normalised(t1, affine, start, shape, scale)
         box_mask = crop_or_pad((mask > 0).astype(np.uint8), affine, start, shape)[0]
@@ -119,8 +120,8 @@ def make_lr(hr_path: str, out_path: str, factor: int, order: int, method: str,
     else:
         t1, raw_affine = load_volume(raw_t1)
         start = box_start(raw_affine, affine)
-        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, Acquisition(factor, order, method),
-                                       percentile, normalise, raw_t1)
+        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, Acquisition(factor, order, method, normalise),
+                                       percentile, raw_t1)
         if not np.allclose(lr_affine, downsample_affine(affine, factor), atol=1e-4):
             raise ValueError(f"{out_path}: the LR grid does not lie over the HR volume {hr_path}")
     save_volume(out_path, lr, lr_affine)
@@ -141,6 +142,24 @@ def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[in
     pair = stage_pair(hr, lr, mask > 0, factors, stage, int(order), method)
     info = write_stage_cache(pair, out_dir, voxel_sizes(lr_affine))
     log.info("%s: stage %d training pair %s, brain box %s..%s", out_dir, stage + 1, info.shape, *info.brain_box)
+
+
+def predict(predictor_path: str, cache_dir: str, device: str = "auto") -> None:
+    """Write the stage predictor's output over one subject's cached condition as its ``pred.npy``
+    (``training.cache.write_prediction``), as inference computes it: the diffusion model trains on it."""
+    import torch
+
+    from mrisr.device import pick_device
+    from mrisr.inference import load_predictor, predictor_output
+    from mrisr.training.cache import CachedVolume, write_prediction
+
+    model, flips = load_predictor(predictor_path, pick_device(device))
+    cached = CachedVolume(cache_dir)
+    cond = cached.read("cond", tuple(slice(0, n) for n in cached.shape))
+    with torch.no_grad():
+        pred = predictor_output(model, cond, flips)
+    path = write_prediction(cache_dir, pred)
+    log.info("%s -> %s: g over %d mirroring(s)", predictor_path, path, len(flips))
 
 
 def split(subjects: Sequence[str], seed: int, val_fraction: float, test_fraction: float, out_path: str) -> None:
@@ -175,17 +194,29 @@ def train(job: TrainJob, out_plot: str, nproc: int = 1, threads: int = 1, log_fi
         plot_loss_curve(job.run.log_tsv, out_plot, title=f"stage {job.run.stage + 1}")
 
 
+# What super_resolve can write beside the SR volume: the final stage's samples' sd (sampling.n_samples > 1),
+# its predictor alone and its first sample (predict, then refine).
+EXTRA_OUTPUTS = ("sd", "predictor", "sample")
+
+
 def super_resolve(
     lr_path: str, checkpoints: Sequence[str], sampling: SamplingOptions,
-    out_sr: str, out_stages: Sequence[str], device: str = "auto", out_sd: str | None = None,
+    out_sr: str, out_stages: Sequence[str], device: str = "auto", extra: Mapping[str, str | None] | None = None,
 ) -> None:
     """Cascaded super-resolution of one LR file; writes every stage's output and the final SR.
 
-    With ``out_sd`` (and ``sampling.n_samples`` > 1) the per-voxel standard
-    deviation of the final stage's samples is written too.
+    ``extra`` names files for the final stage's ``EXTRA_OUTPUTS``: ``sd``, the
+    per-voxel standard deviation of its samples (``sampling.n_samples`` > 1);
+    ``predictor``, its predictor alone (on the stage's input: the previous
+    stages' estimates); ``sample``, its first sample. A name given ``None`` is
+    not written.
     """
     from mrisr.inference import super_resolve as run
 
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    unknown = set(extra) - set(EXTRA_OUTPUTS)
+    if unknown:
+        raise ValueError(f"unknown super_resolve outputs {sorted(unknown)}; known: {', '.join(EXTRA_OUTPUTS)}")
     lr, affine = load_volume(lr_path)
     outputs = run(lr, checkpoints, sampling, device=device, log=log.info)
     if len(out_stages) != len(outputs):
@@ -195,10 +226,13 @@ def super_resolve(
         save_volume(path, out.mean, upsample_affine(affine, factor))
     final = outputs[-1]
     factor = round(final.mean.shape[0] / lr.shape[0])
-    if out_sd is not None:
-        if final.sd is None:
-            raise ValueError("an uncertainty map needs sampling.n_samples > 1")
-        save_volume(out_sd, final.sd, upsample_affine(affine, factor))
+    needs = {"sd": "sampling.n_samples > 1", "predictor": "a predict-and-refine model",
+             "sample": "a diffusion sample (sampling.n_samples > 1 with the predictor's estimate)"}
+    for name, path in extra.items():
+        volume = getattr(final, name)
+        if volume is None:
+            raise ValueError(f"{path}: the model's last stage gives no {name} here (it needs {needs[name]})")
+        save_volume(path, volume, upsample_affine(affine, factor))
     save_volume(out_sr, final.mean, upsample_affine(affine, factor))
     log.info("%s -> %s: x%d, %s -> %s", lr_path, out_sr, factor, lr.shape, final.mean.shape)
 

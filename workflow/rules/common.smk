@@ -70,12 +70,22 @@ INFERENCE_SAMPLING = {k: v for k, v in SAMPLING.items() if k not in ("calibratio
 # the comparison's model/train keys overridden.
 COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
 
-# The SR volume, every stage's output, and the uncertainty map when several
-# samples are drawn.
+# Predict, then refine (diffusion.target: predictor_residual): each stage trains
+# its predictor first (rule train_predictor), writes its output beside every
+# train/val subject's stage cache (rule predict), and its diffusion model learns
+# the residual over it (rule train_stage).
+PREDICT_AND_REFINE = config["diffusion"]["target"] == "predictor_residual"
+
+# The SR volume, every stage's output, the uncertainty map when several samples
+# are drawn, and for predict-and-refine the predictor alone and one sample.
 SR_OUTPUTS = {
     "sr": "results/sr/{subject}/sr.nii.gz",
     "stages": expand("results/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
 }
+if PREDICT_AND_REFINE:
+    SR_OUTPUTS["predictor"] = "results/sr/{subject}/sr_predictor.nii.gz"
+if PREDICT_AND_REFINE and SAMPLING_OPTIONS.n_samples > 1:
+    SR_OUTPUTS["sample"] = "results/sr/{subject}/sr_sample.nii.gz"
 # Per-subject metrics, and the error-versus-uncertainty table with an sd map.
 EVAL_OUTPUTS = {"tsv": "results/metrics/{subject}.tsv"}
 # The sd map a test subject gets (sd.nii.gz). With sampling.calibration_subjects
@@ -134,6 +144,15 @@ def training_caches(wildcards):
     return expand(rules.cache_stage.output.info, stage=wildcards.stage, subject=fitting_subjects())
 
 
+def diffusion_training_inputs(wildcards):
+    """What a stage's diffusion model trains on beyond its caches: for predict-and-refine, the stage's predictor
+    (carried into its checkpoint) and its output over every train/val subject's cache."""
+    if not PREDICT_AND_REFINE:
+        return {}
+    return {"predictor": rules.train_predictor.output.checkpoint.format(stage=wildcards.stage),
+            "preds": expand(rules.predict.output.pred, stage=wildcards.stage, subject=fitting_subjects())}
+
+
 def subject_lr(wildcards):
     """A subject's LR volume at the cascade's total factor."""
     return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
@@ -167,6 +186,12 @@ def compare_sr(wildcards):
             for name in COMPARE}
 
 
+def predictor_sr(wildcards):
+    """Predict-and-refine's predictor alone and one sample of a test subject, scored beside SR."""
+    names = {"predictor": "sr_predictor", "sample": "sr_sample"}
+    return {names[k]: SR_OUTPUTS[k].format(subject=wildcards.subject) for k in names if k in SR_OUTPUTS}
+
+
 def test_lr(wildcards):
     return subject_lr(wildcards)
 
@@ -182,6 +207,7 @@ def cost_benchmarks(wildcards):
     """Benchmark files of the costly jobs the report tabulates: training per stage, inference and evaluation per test subject."""
     return (
         expand(rules.train_stage.benchmark, stage=STAGES)
+        + (expand(rules.train_predictor.benchmark, stage=STAGES) if PREDICT_AND_REFINE else [])
         + expand(rules.super_resolve.benchmark, subject=TEST_SUBJECTS)
         + expand(rules.evaluate.benchmark, subject=TEST_SUBJECTS)
         + expand(rules.train_compare.benchmark, name=COMPARE, stage=STAGES)

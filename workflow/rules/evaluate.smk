@@ -5,6 +5,7 @@ rule evaluate:
     input:
         unpack(uncertainty_input),
         unpack(compare_sr),
+        unpack(predictor_sr),
         hr=rules.skullstrip.output.t1,
         mask=rules.skullstrip.output.mask,
         sr=rules.super_resolve.output.sr,

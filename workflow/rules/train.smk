@@ -25,6 +25,57 @@ rule cache_stage:
         "../scripts/cache_stage.py"
 
 
+# train_predictor: predict-and-refine's predictor g of a stage, trained first on the
+# train subjects (validated on val) by the same loop as the diffusion model; predict:
+# its output over one subject's stage cache, written once, so the diffusion model
+# trains on x0 - g(LR) without running g in its loop.
+if PREDICT_AND_REFINE:
+
+    rule train_predictor:
+        input:
+            caches=training_caches,
+            splits=rules.split.output.tsv,
+        output:
+            checkpoint="results/models/stage{stage}/predictor.pt",
+            log_tsv="results/models/stage{stage}/predictor_log.tsv",
+            plot="results/models/stage{stage}/predictor_loss.png",
+        params:
+            stage=stage_index,
+            config=MODEL_CONFIG,
+            device=config["device"],
+            resume="results/models/stage{stage}/predictor_resume.pt",
+            network="predictor",
+        log:
+            "results/logs/train_predictor/stage{stage}.log",
+        benchmark:
+            "results/benchmarks/train_predictor/stage{stage}.tsv"
+        resources:
+            mem_mb=4000,
+            gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
+        conda:
+            "../../envs/mrisr.yaml"
+        script:
+            "../scripts/train_stage.py"
+
+    rule predict:
+        input:
+            predictor=rules.train_predictor.output.checkpoint,
+            cache=rules.cache_stage.output.info,
+        output:
+            pred="results/cache/stage{stage}/{subject}/pred.npy",
+        params:
+            device=config["device"],
+        log:
+            "results/logs/predict/stage{stage}_{subject}.log",
+        resources:
+            mem_mb=2000,
+            gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
+        conda:
+            "../../envs/mrisr.yaml"
+        script:
+            "../scripts/predict.py"
+
+
 # train_stage: one job per cascade stage, on train subjects, validated on val.
 # It resumes from results/models/stage{k}/resume.pt when an earlier attempt was
 # stopped (time limit, pre-emption, Ctrl-C). It asks for one GPU; the partition, DDP (gpu=N)
@@ -33,6 +84,7 @@ rule cache_stage:
 
 rule train_stage:
     input:
+        unpack(diffusion_training_inputs),
         caches=training_caches,
         splits=rules.split.output.tsv,
     output:
@@ -56,6 +108,7 @@ rule train_stage:
         # Not an output: Snakemake deletes outputs before a job (re)starts, and
         # this must survive until a retried or requeued job resumes from it.
         resume="results/models/stage{stage}/resume.pt",
+        network="diffusion",
     log:
         "results/logs/train_stage/stage{stage}.log",
     benchmark:
@@ -73,6 +126,7 @@ rule train_stage:
 # script, its own model/train settings, its files under results/compare/{name}/.
 rule train_compare:
     input:
+        unpack(diffusion_training_inputs),
         caches=training_caches,
         splits=rules.split.output.tsv,
     output:
@@ -84,6 +138,7 @@ rule train_compare:
         config=lambda wildcards: COMPARE[wildcards.name],
         device=config["device"],
         resume="results/compare/{name}/models/stage{stage}/resume.pt",
+        network="diffusion",
     log:
         "results/logs/train_compare/{name}_stage{stage}.log",
     benchmark:

@@ -14,6 +14,6 @@ run_stage(
     margin_mm=snakemake.params.margin_mm,
     multiple=snakemake.params.multiple,
     percentile=snakemake.params.percentile,
-    normalise=snakemake.params.normalise,
-    acquisition=Acquisition(params.multiple, params.order, params.method) if params.protocol == "acquisition" else None,
+    acquisition=(Acquisition(params.multiple, params.order, params.method, params.normalise)
+                 if params.protocol == "acquisition" else None),
 )

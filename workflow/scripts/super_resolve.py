@@ -12,5 +12,6 @@ run_stage(
     out_sr=snakemake.output.sr,
     out_stages=list(snakemake.output.stages),
     device=snakemake.params.device,
-    out_sd=snakemake.output.get("sd"),
+    # the samples' sd; for predict-and-refine, g alone and one sample (absent: not written)
+    extra={name: snakemake.output.get(name) for name in ("sd", "predictor", "sample")},
 )

@@ -24,6 +24,8 @@ run = StageRun(
     resume=snakemake.params.resume,
     checkpoint_every=snakemake.config["train"]["checkpoint_every"],
     loader_workers=snakemake.config["train"]["loader_workers"],
+    network=snakemake.params.network,  # the stage's predictor (train_predictor) or its diffusion model
+    predictor=snakemake.input.get("predictor"),  # predict-and-refine: the predictor the diffusion refines
 )
 job = TrainJob(
     run=run,

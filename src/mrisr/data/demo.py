@@ -96,8 +96,11 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], control: int)
 
 
 def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noise: bool = True,
-                      anatomy: str = "real") -> DemoSubject:
+                      anatomy: str = "real", cohort_dir=None) -> DemoSubject:
     """Demo subject ``index`` of the ``anatomy`` (see the module docstring): whole head, scanner units.
+
+    ``cohort_dir``: the real brains' folder (default: the shipped cohort; benchmarks give real validation
+    brains written by ``tools/build_demo_cohort.py``).
 
     ``noise=False`` returns the same subject before its Rician noise (every
     other draw identical): the noise-free volume that tells how much of an SR
@@ -112,7 +115,7 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noi
         raise ValueError(f"voxel_size_mm must lie in [{low:g}, 4] for the {anatomy} anatomy, got {voxel_size_mm}")
     rng = np.random.default_rng([int(seed), int(index)])
     if anatomy == "real":
-        brain, mask, affine, layers = _real_brain(index, float(voxel_size_mm), rng)
+        brain, mask, affine, layers = _real_brain(index, float(voxel_size_mm), rng, cohort_dir or cohort.COHORT_DIR)
     else:
         brain, mask, affine = _template_brain(float(voxel_size_mm), rng)
         layers = np.array([b for _, b, _ in HEAD_LAYERS], dtype=np.float32)
@@ -129,13 +132,15 @@ def make_demo_subject(index: int, seed: int = 0, voxel_size_mm: float = 2.0, noi
     return DemoSubject(t1=t1, mask=mask.astype(np.uint8), affine=affine)
 
 
-def _real_brain(index: int, v: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _real_brain(index: int, v: float, rng: np.random.Generator,
+                directory) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shipped brain ``index`` on ``v`` mm voxels in a field of view with room for the head (none below: the
     neck leaves it), a gamma applied; and its head layers' brightness. (brain, mask, affine, brightness)."""
-    if index >= cohort.n_brains():
-        raise ValueError(f"the real demo anatomy has {cohort.n_brains()} subjects (demo.n_subjects <= "
-                         f"{cohort.n_brains()}); there is no subject {index + 1}")
-    brain, affine = cohort.load_brain(index)
+    n = cohort.n_brains(directory)
+    if index >= n:
+        raise ValueError(f"the real demo anatomy has {n} subjects (demo.n_subjects <= {n}); "
+                         f"there is no subject {index + 1}")
+    brain, affine = cohort.load_brain(index, directory)
     mask = brain > 0
     if v != 2.0:
         brain, mask, affine = cohort.resample_brain(brain, mask, affine, v)
@@ -224,7 +229,8 @@ def demo_subject_index(subject: str) -> int:
 
 def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed: int = 1) -> list:
     """A small BIDS dataset of whole-head demo scans as acquired, for trying apply mode on scans no demo
-    model saw (another ``seed`` than the training cohort's 0): ``sub-01``, ``sub-02`` ... at ``voxel_size_mm``;
+    model saw (the template anatomy, under another ``seed`` than the training cohort's 0, so no person the
+    real-anatomy demo trained on): ``sub-01``, ``sub-02`` ... at ``voxel_size_mm``;
     every even-numbered subject has two sessions (``ses-1``, ``ses-2``). Returns the T1w files written."""
     import json
     from pathlib import Path
@@ -241,7 +247,7 @@ def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed:
     for number in range(1, n_subjects + 1):
         sessions = ["ses-1", "ses-2"] if number % 2 == 0 else [None]
         for session in sessions:
-            sub = make_demo_subject(index, seed=seed, voxel_size_mm=voxel_size_mm)
+            sub = make_demo_subject(index, seed=seed, voxel_size_mm=voxel_size_mm, anatomy="template")
             index += 1
             prefix = f"sub-{number:02d}" + (f"_{session}" if session else "")
             folder = root / f"sub-{number:02d}" / (session or "") / "anat"

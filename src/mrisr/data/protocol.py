@@ -43,11 +43,13 @@ NORMALISATIONS = ("brain", "field_of_view")
 
 @dataclass(frozen=True)
 class Acquisition:
-    """The degradation a scan goes through: total factor, spline order, method (``data.degrade``)."""
+    """The degradation a scan goes through (total factor, spline order, method: ``data.degrade``), and where
+    its intensity scale is read on the LR (``normalise``: ``lr_scale``)."""
 
     factor: int
     order: int = 3
     method: str = "spline"
+    normalise: str = "brain"
 
     def lr_of_field_of_view(self, t1: np.ndarray) -> np.ndarray:
         """The whole field of view degraded, after zero-padding its sides to multiples of the factor."""
@@ -97,7 +99,7 @@ def crop_normalised(volume: np.ndarray, affine: np.ndarray, start, shape, scale:
 
 def acquired_lr(
     t1: np.ndarray, affine: np.ndarray, hr_start: tuple[int, ...], hr_shape: tuple[int, ...],
-    acquisition: Acquisition, percentile: float, normalise: str = "brain", path: str = "the raw volume",
+    acquisition: Acquisition, percentile: float, path: str = "the raw volume",
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The LR of the HR box at ``hr_start`` (raw voxels) of size ``hr_shape``: normalised, its affine, the scale
     (``lr_scale`` of the whole field of view's LR)."""
@@ -106,7 +108,7 @@ def acquired_lr(
         raise ValueError(f"HR box start {hr_start} and shape {hr_shape} are not multiples of the factor {f}")
     lr = acquisition.lr_of_field_of_view(t1)
     lr_affine = downsample_affine(affine, f)
-    scale = lr_scale(lr, lr_affine, percentile, normalise, path)
+    scale = lr_scale(lr, lr_affine, percentile, acquisition.normalise, path)
     out, box_affine = crop_normalised(lr, lr_affine, [s // f for s in hr_start], [n // f for n in hr_shape], scale)
     return out, box_affine, scale
 

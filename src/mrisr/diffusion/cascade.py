@@ -57,6 +57,7 @@ class StagePair:
     cond: np.ndarray  # spline-upsampled input (the network's condition)
     target: np.ndarray  # the volume to recover
     mask: np.ndarray  # brain mask, bool
+    pred: np.ndarray | None = None  # the stage predictor's output g(LR), once it is trained (predict, then refine)
 
 
 def stage_pair(

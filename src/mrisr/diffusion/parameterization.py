@@ -3,9 +3,14 @@
 ``prediction`` names the network's output (Ho et al. 2020 predict eps;
 SR3-style x0; Salimans & Ho 2022 v; ``edm``: x0 through the preconditioning
 of Karras et al. 2022, see ``edm_coefficients``). ``target`` names the variable x_0 that
-is diffused: the HR ``image`` itself, or the ``residual`` HR minus the
+is diffused: the HR ``image`` itself; the ``residual`` HR minus the
 spline-upsampled condition (as in ResShift/ResDiff), which is small and
-zero-mean so the network only has to add what the spline misses.
+zero-mean so the network only has to add what the spline misses; or the
+``predictor_residual`` HR minus the stage's predictor g(LR) (predict, then
+refine: Whang et al. 2022; ResDiff trains its CNN first and the diffusion
+on HR minus its output), the network conditioned on the spline and on g.
+The base a residual is taken over is the condition's last channel
+(``base``): the spline for ``residual``, g for ``predictor_residual``.
 
 The residual is multiplied by ``scale`` (``diffusion.residual_scale``): HR
 minus spline has a standard deviation of a few per cent of the intensity
@@ -39,9 +44,9 @@ from mrisr.diffusion.schedule import (
 )
 
 Prediction = Literal["eps", "x0", "v", "edm"]
-Target = Literal["residual", "image"]
+Target = Literal["predictor_residual", "residual", "image"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "edm")
-TARGETS: tuple[str, ...] = ("residual", "image")
+TARGETS: tuple[str, ...] = ("predictor_residual", "residual", "image")
 
 
 def edm_coefficients(
@@ -114,20 +119,35 @@ class Parameterization:
     def from_diffusion(cls, diffusion: Mapping[str, Any]) -> "Parameterization":
         """From a ``diffusion`` config section, the schema's defaults filled in (old checkpoints lack some keys)."""
         d = section("diffusion", diffusion)
-        scale = float(d["residual_scale"]) if d["target"] == "residual" else 1.0
+        scale = float(d["residual_scale"]) if d["target"] != "image" else 1.0
         return cls(d["prediction"], d["target"], scale, float(d["sigma_data"]))
 
+    @property
+    def residual(self) -> bool:
+        """Whether a residual over a base (the spline or the predictor) is diffused, not the image."""
+        return self.target != "image"
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the network's condition: the spline-upsampled input, and g's output for ``predictor_residual``."""
+        return 2 if self.target == "predictor_residual" else 1
+
+    @staticmethod
+    def base(cond: torch.Tensor) -> torch.Tensor:
+        """What a residual is taken over: the condition's last channel (the spline, or the predictor's output)."""
+        return cond[:, -1:]
+
     def to_diffusion_space(self, volume: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x_0 for a ground-truth volume: the volume, or ``residual_scale`` times its residual over the condition."""
-        return self.residual_scale * (volume - cond) if self.target == "residual" else volume
+        """x_0 for a ground-truth volume: the volume, or ``residual_scale`` times its residual over ``base(cond)``."""
+        return self.residual_scale * (volume - self.base(cond)) if self.residual else volume
 
     def from_diffusion_space(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The volume an x_0 stands for (inverse of ``to_diffusion_space``)."""
-        return cond + x0 / self.residual_scale if self.target == "residual" else x0
+        return self.base(cond) + x0 / self.residual_scale if self.residual else x0
 
     def x0_range(self) -> tuple[float, float]:
         """Where x_0 can lie for volumes normalised to [0, 1]; sampled x0_hat is clipped to it."""
-        return (-self.residual_scale, self.residual_scale) if self.target == "residual" else (0.0, 1.0)
+        return (-self.residual_scale, self.residual_scale) if self.residual else (0.0, 1.0)
 
     def regression_target(
         self, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, unit_noise: torch.Tensor

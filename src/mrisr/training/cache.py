@@ -9,6 +9,8 @@ uncompressed ``.npy`` files beside a small ``cache.json``:
                                      target.npy   float32
                                      mask.npy     uint8 (1 inside the brain)
                                      cache.json   shape, brain box, digest, LR voxel size
+                                     pred.npy     float32, the stage predictor's g(cond), written
+                                                  later by the predict rule (``write_prediction``)
 
 Training opens these (``CachedVolume``) and reads patches with ``os.pread``
 (``io.NpyArray``): no volume is decompressed or held whole in memory, so a
@@ -39,6 +41,7 @@ from mrisr.io import NpyArray, VolumeError, atomic_path, save_npy
 
 CACHE_FORMAT = 1
 ARRAYS = ("cond", "target", "mask")
+PREDICTION = "pred"  # the predictor's output, beside the arrays once the predict rule has run
 
 
 class PatchSource(Protocol):
@@ -60,7 +63,7 @@ def volume_digest(pair: StagePair) -> str:
     checkpoint records the digests of its data (``resume.data_fingerprint``).
     """
     digest = hashlib.blake2b(digest_size=16)
-    for array in (pair.cond, pair.target, pair.mask):
+    for array in (pair.cond, pair.target, pair.mask, *([] if pair.pred is None else [pair.pred])):
         a = np.ascontiguousarray(array)
         digest.update(repr((a.shape, float(a.sum(dtype=np.float64)))).encode())
         digest.update(a.astype(np.float32).ravel()[::997].tobytes())
@@ -88,6 +91,9 @@ class MemoryVolume:
 
     def read(self, name: str, box: Sequence[slice]) -> np.ndarray:
         array = getattr(self.pair, name)
+        if array is None:
+            raise ValueError(f"a training pair without its {name!r}: a predict-and-refine diffusion model trains on "
+                             "its predictor's output (training.refine.with_predictions adds it)")
         out = np.zeros([b.stop - b.start for b in box], array.dtype)
         inside = tuple(slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(box, array.shape))
         if all(s.start < s.stop for s in inside):
@@ -122,6 +128,25 @@ def write_stage_cache(pair: StagePair, directory: str | Path, lr_voxel_size_mm: 
     return info
 
 
+def write_prediction(directory: str | Path, pred: np.ndarray) -> Path:
+    """Write the stage predictor's output for a cached subject as ``pred.npy`` (whole or not at all)."""
+    info = read_cache_info(directory)
+    if tuple(pred.shape) != info.shape:
+        raise VolumeError(f"{directory}: a prediction of shape {pred.shape} for a cache of shape {info.shape}")
+    path = Path(directory) / f"{PREDICTION}.npy"
+    save_npy(path, pred.astype(np.float32))
+    return path
+
+
+def _array_digest(array: NpyArray) -> str:
+    """A short hash of an array on disk: its float64 sum and every 997th value (as ``volume_digest``)."""
+    values = np.asarray(array.read(tuple(slice(0, n) for n in array.shape)), dtype=np.float32)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((values.shape, float(values.sum(dtype=np.float64)))).encode())
+    digest.update(values.ravel()[::997].tobytes())
+    return digest.hexdigest()
+
+
 def read_cache_info(directory: str | Path) -> CacheInfo:
     path = Path(directory) / "cache.json"
     try:
@@ -139,14 +164,24 @@ def read_cache_info(directory: str | Path) -> CacheInfo:
 class CachedVolume:
     """A stage pair cached on disk by ``write_stage_cache``, read a box at a time (``PatchSource``)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, prediction: bool = False) -> None:
+        """``prediction``: read the predictor's ``pred.npy`` too (it must be there); the digest then covers it,
+        so a resume checkpoint made on another predictor's output does not match."""
         self.directory = Path(directory)
         self.info = read_cache_info(self.directory)
         self.shape, self.brain_box, self.digest = self.info.shape, self.info.brain_box, self.info.digest
-        self.arrays = {name: NpyArray(self.directory / f"{name}.npy") for name in ARRAYS}
+        names = ARRAYS + ((PREDICTION,) if prediction else ())
+        missing = [n for n in names if not (self.directory / f"{n}.npy").is_file()]
+        if missing:
+            raise VolumeError(f"{self.directory}: the training cache lacks {', '.join(f'{n}.npy' for n in missing)}"
+                              + (" (the predict rule writes pred.npy)" if PREDICTION in missing else ""))
+        self.arrays = {name: NpyArray(self.directory / f"{name}.npy") for name in names}
         for name, array in self.arrays.items():
             if array.shape != self.shape:
                 raise VolumeError(f"{array.path}: shape {array.shape}, but cache.json says {self.shape}")
+        if prediction:
+            self.digest = hashlib.blake2b((self.digest + _array_digest(self.arrays[PREDICTION])).encode(),
+                                          digest_size=16).hexdigest()
 
     def is_brain(self, index: Sequence[int]) -> bool:
         return bool(self.arrays["mask"].read(tuple(slice(int(i), int(i) + 1) for i in index))[0, 0, 0])

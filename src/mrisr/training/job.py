@@ -41,6 +41,14 @@ class TrainJob:
         values = json.loads(text)
         return cls(**{**values, "run": StageRun(**values["run"])})
 
+    @property
+    def reads_prediction(self) -> bool:
+        """Whether the run trains on the stage predictor's output (a predict-and-refine diffusion model)."""
+        from mrisr.diffusion.parameterization import Parameterization
+
+        param = Parameterization.from_diffusion(self.run.config["diffusion"])
+        return self.run.network == "diffusion" and param.target == "predictor_residual"
+
     def subjects(self, split: str) -> list[str]:
         """The job's subjects in ``split`` (train or val), sorted."""
         return sorted(s for s, v in read_splits(self.splits).items() if v == split)
@@ -50,7 +58,7 @@ class TrainJob:
         missing = [s for s in self.subjects(split) if s not in self.caches]
         if missing:
             raise ValueError(f"{self.splits}: {split} subject(s) {', '.join(missing)} have no stage cache")
-        return [CachedVolume(self.caches[s]) for s in self.subjects(split)]
+        return [CachedVolume(self.caches[s], prediction=self.reads_prediction) for s in self.subjects(split)]
 
     def with_lr_voxel_size(self) -> "TrainJob":
         """The job with the training LR's voxel size in its config (``data.lr_voxel_size_mm``), so that it

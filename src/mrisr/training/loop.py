@@ -1,4 +1,11 @@
-"""Training one cascade stage: the DDPM loss, EMA, the loop's state, checkpoints and resume.
+"""Training one cascade stage's networks: the predictor's pixel loss, the DDPM loss, EMA, checkpoints, resume.
+
+One loop trains both networks of a stage (``StageRun.network``): the
+predictor g of predict-and-refine first (``predictor``: a pixel loss, MSE or
+L1, of g(cond) against the target; ``diffusion.predictor``), then the
+diffusion model (``diffusion``), whose condition then holds g's output as a
+second channel (read from the stage caches, where the predict rule wrote it)
+and whose x_0 is the residual over it (``diffusion.parameterization``).
 
 The loss is the simple DDPM objective (Ho et al. 2020, eq. 14), written for
 any parameterisation: t ~ U{1..T}, eps ~ N(0, noise_var I),
@@ -30,11 +37,14 @@ import torch
 import torch.nn.functional as F
 
 import mrisr
+from mrisr.config import section
 from mrisr.device import autocast, pick_device
 from mrisr.diffusion import analytic
 from mrisr.diffusion.cascade import StagePair
+from mrisr.diffusion.cascade import stage_grids
 from mrisr.diffusion.nets import unet_from_config
 from mrisr.diffusion.parameterization import Parameterization
+from mrisr.diffusion.predictor import predictor_from_config
 from mrisr.diffusion.schedule import NoiseSchedule, full_schedule, q_sample
 from mrisr.distributed import World
 from mrisr.io import atomic_path, write_tsv
@@ -78,6 +88,15 @@ class StageRun:
     resume: str | None = None
     checkpoint_every: int = 0
     loader_workers: int | None = None  # processes that make patches ahead of the loop; None: see ``workers``
+    network: str = "diffusion"  # or "predictor": which of the stage's two networks this run trains
+    predictor: str | None = None  # the stage's trained predictor checkpoint, carried inside the diffusion's
+
+    @property
+    def settings(self) -> dict:
+        """The training settings of this run's network, the ``predictor`` section or ``train``, with the
+        schema's defaults filled in and validated (``config.section``)."""
+        name = "predictor" if self.network == "predictor" else "train"
+        return section(name, self.config.get(name, {}))
 
     @property
     def resume_path(self) -> Path:
@@ -145,6 +164,38 @@ def regression_loss(
     return F.mse_loss(model(torch.zeros_like(x0), cond, t).float(), x0)
 
 
+def predictor_loss(net: torch.nn.Module, cond_and_mask: torch.Tensor, volume: torch.Tensor, loss: str) -> torch.Tensor:
+    """The predictor's pixel loss over the brain: the mean squared (``mse``, fits E[x0 | LR]) or absolute
+    (``l1``) error of g(cond) inside the brain mask, which comes as the batch's last condition channel.
+
+    The mask only weights the loss (the network never sees it): inside a patch centred on the brain, the
+    scalp's bright, sharp layers have several times the brain's spline error and would otherwise spend the
+    predictor's training on the head (measured: docs/benchmarks.md, "The predictor").
+    """
+    cond, weight = cond_and_mask[:, :-1], cond_and_mask[:, -1:]
+    err = net(cond).float() - volume
+    err = err.abs() if loss == "l1" else err * err
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def build_network(run: StageRun) -> torch.nn.Module:
+    """The network a run trains: the stage's predictor, or its diffusion U-Net (conditioned on g's output too
+    for ``predictor_residual``)."""
+    if run.network == "predictor":
+        factor = stage_grids(run.config["cascade"]["factors"])[run.stage].factor
+        return predictor_from_config(run.config["predictor"], factor)
+    param = Parameterization.from_diffusion(run.config["diffusion"])
+    return unet_from_config(run.config["model"], cond_channels=param.cond_channels)
+
+
+def load_predictor_payload(path: str | Path) -> dict:
+    """What a diffusion checkpoint carries of its stage's predictor: its config, stage, EMA weights, train time."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("network") != "predictor":
+        raise ValueError(f"{path}: not a predictor checkpoint")
+    return {k: payload[k] for k in ("config", "stage", "ema", "train_seconds")}
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """``torch.save`` through a temporary file and a rename (never a half-written checkpoint)."""
     with atomic_path(path) as tmp:
@@ -161,11 +212,13 @@ class _ValidationBatch:
     noise: torch.Tensor
 
     @classmethod
-    def draw(cls, volumes: Sequence[PatchSource], patch: int, n: int, seed: int, num_timesteps: int) -> "_ValidationBatch":
+    def draw(cls, volumes: Sequence[PatchSource], patch: int, n: int, seed: int, num_timesteps: int,
+             cond_names: Sequence[str] = ("cond",), align: int = 1) -> "_ValidationBatch":
         gen = torch.Generator().manual_seed(seed)
-        cond, target = (torch.from_numpy(a) for a in PatchSampler(volumes, patch, seed).batch(0, range(n)))
+        sampler = PatchSampler(volumes, patch, seed, cond_names=cond_names, align=align)
+        cond, target = (torch.from_numpy(a) for a in sampler.batch(0, range(n)))
         t = torch.linspace(0, num_timesteps - 1, n).round().long()
-        return cls(cond, target, t, torch.randn(cond.shape, generator=gen))
+        return cls(cond, target, t, torch.randn(target.shape, generator=gen))
 
 
 class TrainLoop:
@@ -184,15 +237,16 @@ class TrainLoop:
         self, train: Sequence[PatchSource | StagePair], val: Sequence[PatchSource | StagePair], run: StageRun,
         world: World,
     ) -> None:
-        tcfg = run.config["train"]
+        tcfg = run.settings
         self.run, self.world, self.tcfg = run, world, tcfg
         self.param = Parameterization.from_diffusion(run.config["diffusion"])
-        self.regression = tcfg.get("objective", "diffusion") == "regression"
+        self.predictor = run.network == "predictor"
+        self.regression = not self.predictor and tcfg.get("objective", "diffusion") == "regression"
         seed = int(tcfg["seed"]) + 1000 * run.stage
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.schedule = full_schedule(run.config["diffusion"])
-        self.model = unet_from_config(run.config["model"]).to(world.device)
+        self.model = build_network(run).to(world.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = world.wrap(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tcfg["lr"]), weight_decay=0.0)
@@ -205,9 +259,15 @@ class TrainLoop:
         self.share = (self.rows.stop - self.rows.start) / self.batch  # this worker's part of the batch mean
         train, val = sources(train), sources(val)
         augment = CondAugment.from_mapping(tcfg.get("cond_augment")) if run.stage > 0 else None
-        self.sampler = PatchSampler(train, self.patch, seed, flip=bool(tcfg.get("flip", False)), augment=augment)
+        # the predictor's batches carry the brain mask last, to weight its loss (``predictor_loss``)
+        names = ("cond", "mask") if self.predictor else ("cond", "pred") if self.param.cond_channels == 2 else ("cond",)
+        align = getattr(self.model, "divisor", 1) if self.predictor else 1  # the predictor's LR grid
+        if self.predictor and (self.patch % align):
+            raise ValueError(f"predictor.patch_size {self.patch} must be divisible by the stage factor {align}")
+        self.sampler = PatchSampler(train, self.patch, seed, flip=bool(tcfg.get("flip", False)), augment=augment,
+                                    cond_names=names, align=align)
         self.val = _ValidationBatch.draw(val, self.patch, int(tcfg["val_patches"]), seed + 1,
-                                         self.schedule.num_timesteps)
+                                         self.schedule.num_timesteps, names, align)
         self.noise_gen = torch.Generator().manual_seed(seed + 2)
         self.data = data_fingerprint([v.digest for v in (*train, *val)])
         self.step, self.log_rows, self.running, self.count = 0, [], 0.0, 0
@@ -273,7 +333,7 @@ class TrainLoop:
             group["lr"] = lr
         cond, volume = (x.to(dev, non_blocking=True) for x in self.next_patches())
         t = torch.from_numpy(self.draw_t(batch)[rows]).long().to(dev)
-        noise = torch.randn((batch, *cond.shape[1:]), generator=self.noise_gen)[rows].to(dev)
+        noise = torch.randn((batch, 1, *cond.shape[2:]), generator=self.noise_gen)[rows].to(dev)
         self.model.train()
         with autocast(dev):
             loss = self.loss(self.net, cond, volume, t, noise)
@@ -299,7 +359,10 @@ class TrainLoop:
 
     def loss(self, net: torch.nn.Module, cond: torch.Tensor, volume: torch.Tensor, t: torch.Tensor,
              noise: torch.Tensor) -> torch.Tensor:
-        """The objective's loss on a batch: the diffusion loss, or the regression baseline's (``t``, ``noise`` unused)."""
+        """The objective's loss on a batch: the predictor's pixel loss, the diffusion loss, or the regression
+        baseline's (``t``, ``noise`` unused but by the diffusion loss)."""
+        if self.predictor:
+            return predictor_loss(net, cond, volume, str(self.tcfg["loss"]))
         if self.regression:
             return regression_loss(net, self.param, cond, volume)
         return diffusion_loss(net, self.schedule, self.param, cond, volume, t, noise)
@@ -332,9 +395,11 @@ class TrainLoop:
         on the validation patches (for ``sampling.variance: analytic``)."""
         final = self.state_dict(seconds)
         del final["progress"], final["data"]
-        final.update(format=1, train_seconds=seconds)
-        if self.regression:  # one pass, no reverse process: no x0 error by timestep to measure
+        final.update(format=1, train_seconds=seconds, network=self.run.network)
+        if self.predictor or self.regression:  # one pass, no reverse process: no x0 error by timestep to measure
             return final
+        if self.run.predictor is not None:  # the stage's predictor travels inside its checkpoint
+            final["predictor"] = load_predictor_payload(self.run.predictor)
         grid = analytic.error_grid(self.schedule)
         v, dev = self.val, self.world.device
         with autocast(dev):
@@ -388,7 +453,8 @@ def train_stage(
         world = World(device=pick_device(run.config.get("device", "auto")))
     loop = TrainLoop(train, val, run, world)
     workers = f" x {world.size} workers" if world.size > 1 else ""
-    log(f"stage {run.stage}: U-Net with {loop.n_params:,} parameters on {world.device}{workers}; "
+    what = "predictor" if run.network == "predictor" else "diffusion U-Net"
+    log(f"stage {run.stage}: {what} with {loop.n_params:,} parameters on {world.device}{workers}; "
         f"{len(train)} train, {len(val)} val volumes; {run.workers(world.device)} loader process(es)")
     if stop is not None:
         return _run(loop, log, on_step, stop)

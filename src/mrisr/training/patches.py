@@ -69,18 +69,22 @@ class PatchSampler:
     drawn in the volume's brain box until one is inside the brain, so no list
     of brain voxels is ever made. The patch is the box of side ``patch_size``
     with that voxel at index ``patch_size // 2``; beyond the volume's edge it
-    reads zeros. With ``flip``, a patch pair is mirrored along a random subset
+    reads zeros; with ``align`` its corner is moved down to a multiple of
+    ``align`` (a predictor on the LR grid sees each patch in the phase it
+    sees a volume in). With ``flip``, a patch pair is mirrored along a random subset
     of the three axes (the same for condition and target): the degradation
     commutes with mirroring, so this is label-preserving augmentation that
     also lets inference average over mirrored inputs (``sampling.flip_ensemble``).
     """
 
     def __init__(self, volumes: Sequence[PatchSource], patch_size: int, seed: int, flip: bool = False,
-                 augment: CondAugment | None = None) -> None:
+                 augment: CondAugment | None = None, cond_names: Sequence[str] = ("cond",), align: int = 1) -> None:
         if not volumes:
             raise ValueError("no training volumes")
+        self.align = int(align)  # patch corners on multiples of this: a predictor's LR grid keeps its phase
         self.volumes, self.patch_size, self.seed, self.flip = list(volumes), patch_size, int(seed), flip
         self.augment = augment if augment is not None and augment.active else None
+        self.cond_names = tuple(cond_names)  # the condition's channels: the spline, then g's output if read
 
     def pick(self, step: int, row: int) -> Pick:
         """The patch of ``row`` in the batch of ``step``."""
@@ -94,6 +98,9 @@ class PatchSampler:
                 break
         else:
             raise ValueError(f"training volume {k}: no brain voxel found in {MAX_TRIES} draws in its brain box")
+        if self.align > 1:  # move the patch so that its corner lies on the LR grid's phase
+            half = self.patch_size // 2
+            centre = tuple(int((c - half) // self.align * self.align + half) for c in centre)
         axes = tuple(int(a) for a in np.flatnonzero(rng.integers(0, 2, size=3))) if self.flip else ()
         if self.augment is None:  # no further draws: the stream without augmentation is unchanged
             return Pick(k, centre, axes)
@@ -101,7 +108,8 @@ class PatchSampler:
         return Pick(k, centre, axes, float(blur), float(noise), int(rng.integers(2**31)))
 
     def patch(self, pick: Pick) -> tuple[np.ndarray, np.ndarray]:
-        """The (condition, target) patch of a pick, each (P, P, P) float32; the condition augmented as picked."""
+        """The (condition, target) patch of a pick, (C, P, P, P) and (P, P, P) float32; the condition's first
+        channel (the spline-upsampled input) augmented as picked."""
         p, half = self.patch_size, self.patch_size // 2
         volume = self.volumes[pick.k]
         m = self.augment.margin() if self.augment is not None else 0
@@ -113,16 +121,19 @@ class PatchSampler:
         cond = cond[inner]
         if pick.noise > 0:
             cond = cond + np.random.default_rng(pick.noise_seed).normal(0.0, pick.noise, cond.shape).astype(np.float32)
-        target = volume.read("target", tuple(slice(c - half, c - half + p) for c in pick.centre)).astype(np.float32)
-        return np.flip(cond, pick.axes), np.flip(target, pick.axes)
+        box = tuple(slice(c - half, c - half + p) for c in pick.centre)
+        extra = [volume.read(name, box).astype(np.float32) for name in self.cond_names[1:]]
+        target = volume.read("target", box).astype(np.float32)
+        return np.flip(np.stack([cond, *extra]), tuple(a + 1 for a in pick.axes)), np.flip(target, pick.axes)
 
     def batch(self, step: int, rows: range) -> tuple[np.ndarray, np.ndarray]:
-        """The ``rows`` of step ``step``'s batch: (cond, target), each (len(rows), 1, P, P, P) float32."""
+        """The ``rows`` of step ``step``'s batch: (cond, target), (len(rows), C, P, P, P) and (len(rows), 1, P, P, P)
+        float32."""
         p = self.patch_size
-        cond = np.empty((len(rows), 1, p, p, p), np.float32)
+        cond = np.empty((len(rows), len(self.cond_names), p, p, p), np.float32)
         target = np.empty((len(rows), 1, p, p, p), np.float32)
         for b, row in enumerate(rows):
-            cond[b, 0], target[b, 0] = self.patch(self.pick(step, row))
+            cond[b], target[b, 0] = self.patch(self.pick(step, row))
         return cond, target
 
 

@@ -26,23 +26,24 @@ DATASET = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def listing() -> list[dict]:
-    """The shipped brains, in order: file name, source subject, shape (``cohort.json``)."""
-    return json.loads((COHORT_DIR / "cohort.json").read_text())["subjects"]
+@functools.lru_cache(maxsize=4)
+def listing(directory: Path = COHORT_DIR) -> list[dict]:
+    """The brains of a cohort folder (default: the shipped one), in order: file name, source subject, shape
+    (``cohort.json``). Benchmarks give another folder that ``tools/build_demo_cohort.py`` wrote."""
+    return json.loads((Path(directory) / "cohort.json").read_text())["subjects"]
 
 
-def n_brains() -> int:
-    return len(listing())
+def n_brains(directory: Path = COHORT_DIR) -> int:
+    return len(listing(directory))
 
 
 @functools.lru_cache(maxsize=16)
-def load_brain(index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shipped brain ``index`` (0-based): float32 in [0, 1] (0 outside the brain), and its 2 mm affine."""
-    brains = listing()
+def load_brain(index: int, directory: Path = COHORT_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """Brain ``index`` (0-based) of a cohort folder: float32 in [0, 1] (0 outside the brain), its 2 mm affine."""
+    brains = listing(directory)
     if not 0 <= index < len(brains):
         raise ValueError(f"the real demo cohort has {len(brains)} brains; there is no brain {index + 1}")
-    img = nib.load(COHORT_DIR / brains[index]["file"])
+    img = nib.load(Path(directory) / brains[index]["file"])
     data = np.asarray(img.dataobj, dtype=np.float32) / 255.0
     data.setflags(write=False)
     return data, np.asarray(img.affine, dtype=np.float64)
