@@ -81,7 +81,7 @@ def test_one_setting_sends_every_gpu_rule_to_the_gpu_partition(tmp_path):
     """The user sets the GPU partition and account once (gpu_jobs); every rule that asks for a GPU gets them,
     in training mode with the sd map's calibration and a compared model, and in apply mode."""
     profile = user_profile(tmp_path, {"slurm_partition": GPU_PARTITION, "slurm_account": GPU_ACCOUNT})
-    plans = [rule_settings(tmp_path, profile, TINY_CONFIG, REPO / "config" / "compare_regression.yaml"),
+    plans = [rule_settings(tmp_path, profile, TINY_CONFIG, REPO / "config" / "compare_triplanar2d.yaml"),
              rule_settings(tmp_path, profile, TINY_CONFIG, apply_config(tmp_path))]
     seen, asked = set(), set()
     for rules in plans:
