@@ -10,6 +10,7 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import REPO
+from mrisr.config import SamplingOptions
 from mrisr.diffusion.nets import unet_from_config
 
 SCHEMA = REPO / "config" / "config.schema.yaml"
@@ -33,7 +34,7 @@ def merged(*names: str) -> dict:
 
 def test_hcp_gpu_config_sets_only_model_training_and_sampling_keys():
     keys = set(yaml.safe_load((REPO / "config" / "hcp_gpu.yaml").read_text()))
-    assert keys == {"model", "train", "sampling", "device"}, "data-source keys belong to config/hcp.yaml"
+    assert keys == {"predictor", "model", "train", "sampling", "device"}, "data-source keys belong to config/hcp.yaml"
 
 
 def test_hcp_gpu_config_validates_and_its_model_fits_its_patches():
@@ -45,6 +46,19 @@ def test_hcp_gpu_config_validates_and_its_model_fits_its_patches():
     assert 40e6 < sum(p.numel() for p in model.parameters()) < 60e6  # "51 M parameters" in its comment
     for key in ("train", "sampling"):
         assert config[key]["patch_size"] % model.divisor == 0
+    # the sd map's samples: 20 passes of the U-Net per volume (2.73 s each on an H200: under a GPU-minute)
+    options = SamplingOptions.from_mapping(config["sampling"])
+    assert options.n_samples * options.steps_run <= 20
+
+
+def test_demo_gpu_config_is_the_demo_with_more_training():
+    keys = set(yaml.safe_load((REPO / "config" / "demo_gpu.yaml").read_text()))
+    assert keys == {"predictor", "model", "train", "sampling", "device"}, "the cohort and protocol stay the demo's"
+    config = merged("config.yaml", "demo_gpu.yaml")
+    assert config["source"] == "demo" and config["diffusion"]["target"] == "predictor_residual"
+    assert config["device"] == "cuda" and config["predictor"]["steps"] >= 10 * 200
+    model = unet_from_config(config["model"], cond_channels=2)
+    assert config["train"]["patch_size"] % model.divisor == 0 and config["predictor"]["patch_size"] % 2 == 0
 
 
 @pytest.mark.slow

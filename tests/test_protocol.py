@@ -99,6 +99,16 @@ def test_the_brain_sets_the_scale_whatever_the_scalp():
     assert scales["field_of_view"][1] / scales["field_of_view"][0] > 1.3, scales
     white = np.percentile(sub.t1[sub.mask > 0], 99.5)
     assert abs(scales["brain"][0] / white - 1) < 0.05, (scales, white)
+    # A scan as acquired whose scalp puts its brain at half the usual field-of-view-normalised intensity
+    # (the earlier rule) reaches the network with the same brain (apply mode, the CLI: normalise_scan).
+    from mrisr.data.protocol import normalise_scan
+
+    lr = [acquisition.lr_of_field_of_view(t1) for t1 in (sub.t1, bright)]
+    brain = np.pad(sub.mask, [(0, n % 2) for n in sub.mask.shape])[::2, ::2, ::2] > 0
+    by_brain = [normalise_scan(v, brain, lr_affine, 99.5, "scan", "acquisition", "brain")[0] for v in lr]
+    by_fov = [normalise_scan(v, brain, lr_affine, 99.5, "scan", "acquisition", "field_of_view")[0] for v in lr]
+    assert np.median(by_fov[1][brain]) < 0.65 * np.median(by_fov[0][brain])  # the earlier rule: about half
+    assert abs(np.median(by_brain[1][brain]) / np.median(by_brain[0][brain]) - 1) < 0.03
 
 
 def test_a_scan_without_a_findable_brain_is_refused_by_name():

@@ -8,7 +8,9 @@ jobs run the same code, and this is the one place that knows where it is. A
 script imports the ``mrisr.pipeline`` function it runs and hands it to
 ``run_stage`` with plain arguments:
 ``run_stage`` sends logging to the rule's ``log:`` file, caps torch's threads
-at the job's ``threads`` and calls it. An exception is written to the log
+at the job's ``threads`` (through ``OMP_NUM_THREADS`` for a job that imports
+torch later, so that the jobs that never need it, fetch, split, skull
+stripping, do not spend a second or two importing it) and calls it. An exception is written to the log
 with its traceback and fails the job, except bad input (``io.InputError``: a
 scan, mask or checkpoint that cannot be used), which is logged as the
 ``mrisr`` command prints it, one line ``mrisr: error: <file>: <problem>``;
@@ -31,7 +33,7 @@ if str(SRC) not in sys.path:  # at import, so scripts can import mrisr after imp
 
 def run_stage(snakemake: Any, function: Callable[..., None], **kwargs: Any) -> None:
     threads = max(1, int(snakemake.threads))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # what torch takes when a job imports it
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -39,19 +41,18 @@ def run_stage(snakemake: Any, function: Callable[..., None], **kwargs: Any) -> N
         force=True,
     )
     from mrisr.io import InputError
-    from mrisr.resume import TrainingInterrupted
 
     try:
-        import torch
-
-        torch.set_num_threads(threads)
+        if "torch" in sys.modules:  # already imported by the script: set its threads now
+            sys.modules["torch"].set_num_threads(threads)
         function(**kwargs)
-    except TrainingInterrupted as err:  # saved and stopped: the job's next attempt continues
-        logging.getLogger("mrisr").warning("%s", err)
-        sys.exit(75)  # EX_TEMPFAIL
     except InputError as err:  # a file that cannot be used: the CLI's one line, no traceback
         logging.getLogger("mrisr").error("mrisr: error: %s", err)
         sys.exit(1)
-    except Exception:
+    except Exception as err:
+        resume = sys.modules.get("mrisr.resume")  # only a job that trains imports it, and can be interrupted
+        if resume is not None and isinstance(err, resume.TrainingInterrupted):  # saved and stopped: run it again
+            logging.getLogger("mrisr").warning("%s", err)
+            sys.exit(75)  # EX_TEMPFAIL
         logging.getLogger("mrisr").exception("%s failed", function.__name__)
         raise
