@@ -52,14 +52,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from mrisr.config import SamplingOptions, section_defaults  # noqa: E402
+from mrisr.config import SamplingOptions, section, section_defaults  # noqa: E402
 from mrisr.device import autocast, pick_device  # noqa: E402
 from mrisr.diffusion.cascade import StagePair  # noqa: E402
 from mrisr.diffusion.sampler import sliding_window  # noqa: E402
 from mrisr.diffusion.parameterization import Parameterization  # noqa: E402
 from mrisr.distributed import World  # noqa: E402
 from mrisr.inference import Stage, super_resolve_stage  # noqa: E402
-from mrisr.training.cache import CachedVolume, write_stage_cache  # noqa: E402
+from mrisr.diffusion.predictor import predictor_from_config  # noqa: E402
+from mrisr.training.cache import CachedVolume, write_prediction, write_stage_cache  # noqa: E402
 from mrisr.training.loop import StageRun, TrainLoop  # noqa: E402
 
 HCP_CROPPED = (220, 272, 230)  # a 0.7 mm HCP T1w after skullstrip's crop (issue 13)
@@ -128,7 +129,7 @@ def synthetic_pair(shape: tuple[int, ...], seed: int) -> StagePair:
     radius = sum(g * g for g in grids)
     target = np.clip(1.0 - radius, 0, 1).astype(np.float32)
     cond = (target + 0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-    return StagePair(cond=cond, target=target, mask=radius < 0.8)
+    return StagePair(cond=cond, target=target, mask=radius < 0.8, pred=cond)  # pred: g's stand-in (same cost)
 
 
 def median_seconds(fn: Callable[[], object], sync: Sync, repeats: int, warmup: int) -> float:
@@ -145,9 +146,13 @@ def median_seconds(fn: Callable[[], object], sync: Sync, repeats: int, warmup: i
 def check_training(config: dict, volume: tuple[int, ...], device: torch.device, rows: Rows, smoke: bool,
                    caches: Path) -> TrainLoop:
     sync = Sync(device)
+    refine = Parameterization.from_diffusion(config["diffusion"]).cond_channels == 2  # predict, then refine
     for k in range(2):
-        write_stage_cache(synthetic_pair(volume, k), caches / f"s{k}", [1.4] * 3)
-    volumes = [CachedVolume(caches / f"s{k}") for k in range(2)]
+        pair = synthetic_pair(volume, k)
+        write_stage_cache(pair, caches / f"s{k}", [1.4] * 3)
+        if refine:
+            write_prediction(caches / f"s{k}", pair.pred)
+    volumes = [CachedVolume(caches / f"s{k}", prediction=refine) for k in range(2)]
     run = StageRun(config=config, stage=0, checkpoint="unused.pt", log_tsv="unused.tsv")
     loop = TrainLoop(volumes[:1], volumes[1:], run, World(device=device))
     tcfg = config["train"]
@@ -181,7 +186,8 @@ def check_training(config: dict, volume: tuple[int, ...], device: torch.device, 
 
 def check_bf16(model: torch.nn.Module, patch: int, device: torch.device, rows: Rows) -> None:
     gen = torch.Generator().manual_seed(0)
-    x, cond = (torch.randn(1, 1, patch, patch, patch, generator=gen).to(device) for _ in range(2))
+    channels = model.stem.in_channels - 1 if hasattr(model, "stem") else 1  # the condition's channels
+    x, cond = (torch.randn(1, c, patch, patch, patch, generator=gen).to(device) for c in (1, channels))
     t = torch.tensor([500], device=device)
     with torch.no_grad():
         full = model(x, cond, t).float()
@@ -195,11 +201,13 @@ def forward_cost(model: torch.nn.Module, patch: int, batch: int, device: torch.d
     """Seconds and peak GiB of one no-grad network evaluation on (batch, patch^3)."""
     sync = Sync(device)
     x = torch.zeros(batch, 1, patch, patch, patch, device=device)
+    cond = torch.zeros(batch, model.stem.in_channels - 1 if hasattr(model, "stem") else 1, patch, patch, patch,
+                       device=device)
     t = torch.full((batch,), 500, device=device)
 
     def once() -> None:
         with torch.no_grad(), autocast(device):
-            model(x, x, t)
+            model(x, cond, t)
 
     sync.reset_peak()
     seconds = median_seconds(once, sync, repeats=1 if smoke else 3, warmup=1)
@@ -231,7 +239,8 @@ def check_whole_volume(model: torch.nn.Module, config: dict, volume: tuple[int, 
                        rows: Rows) -> None:
     options = SamplingOptions.from_mapping(config["sampling"])
     sync = Sync(device)
-    inputs = torch.zeros(1, 2, *volume, device=device)
+    cond_channels = Parameterization.from_diffusion(config["diffusion"]).cond_channels
+    inputs = torch.zeros(1, 1 + cond_channels, *volume, device=device)
     t = torch.full((options.batch_size,), 500, device=device)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
@@ -256,8 +265,11 @@ def check_sampling(model: torch.nn.Module, config: dict, volume: tuple[int, ...]
                    rows: Rows) -> None:
     """``super_resolve_stage`` on a full-size LR: a posterior-mean estimate (one pass), one DDIM sample."""
     factor = int(config["cascade"]["factors"][0])
-    stage = Stage(model=model, config=config, stage=0, factor=factor, path=Path("untrained"),
-                  param=Parameterization.from_diffusion(config["diffusion"]))
+    param = Parameterization.from_diffusion(config["diffusion"])
+    predictor = (predictor_from_config(section("predictor", config.get("predictor", {})), factor).to(device).eval()
+                 if param.cond_channels == 2 else None)
+    stage = Stage(model=model, config=config, stage=0, factor=factor, path=Path("untrained"), param=param,
+                  predictor=predictor)  # an untrained predictor costs what a trained one does
     lr = synthetic_pair(tuple(n // factor for n in volume), 0).target
     base = SamplingOptions.from_mapping(config["sampling"])
     sync = Sync(device)

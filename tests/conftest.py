@@ -206,7 +206,9 @@ def train_reference(workdir: Path, payload: dict, out: Path) -> dict:
 
     res = workdir / "results"
     subjects = read_splits(res / "splits.tsv")
-    run = StageRun(payload["config"], payload["stage"], str(out / "checkpoint.pt"), str(out / "log.tsv"))
+    predictor = res / "models" / f"stage{payload['stage'] + 1}" / "predictor.pt"  # predict, then refine
+    run = StageRun(payload["config"], payload["stage"], str(out / "checkpoint.pt"), str(out / "log.tsv"),
+                   predictor=str(predictor) if predictor.exists() else None)
     cache = res / "cache" / f"stage{payload['stage'] + 1}"
     job = TrainJob(run, str(res / "splits.tsv"), caches={s: str(cache / s) for s in subjects if (cache / s).is_dir()})
     before = torch.get_num_threads()
@@ -259,7 +261,8 @@ def check_tiny_outputs(workdir: Path) -> None:
         assert len(bins) == 10 and all(math.isfinite(float(b["rmse"])) for b in bins)
     with open(res / "metrics.tsv", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in test_subjects for m in ("spline", "sr")}
+    methods = ("spline", "sr", "sr_predictor", "sr_sample")  # predict, then refine: g alone and one sample too
+    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in test_subjects for m in methods}
     for r in rows:
         assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
     html = (res / "report" / "index.html").read_text()

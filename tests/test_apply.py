@@ -334,7 +334,7 @@ def test_a_training_runs_test_subjects_become_derivatives_with_one_flag(trained)
         ours = np.asarray(nib.load(workdir / "results" / "sr" / subject / "sr.nii.gz").dataobj)
         np.testing.assert_array_equal(np.asarray(sr.dataobj), ours)
         sidecar = json.loads(derivative(workdir, stem, "sr", "T1w", ".json").read_text())
-        assert sidecar["Sources"] == [f"mrisr:demo/{subject}?seed=0&voxel_size_mm=4.0"]
+        assert sidecar["Sources"] == [f"mrisr:demo/{subject}?anatomy=real&seed=0&voxel_size_mm=4.0"]
         assert "normalised intensity scale" in sidecar["Description"] and sidecar["ScaleFactor"] == 2
         # the sd map the training run calibrated on its validation subject, and its sidecar says so
         fitted = json.loads((workdir / "results" / "calibration" / "sd_calibration.json").read_text())

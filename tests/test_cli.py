@@ -20,7 +20,7 @@ from mrisr.data.demo import make_demo_subject
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.diffusion.cascade import stage_pair
 from mrisr.io import save_volume, voxel_sizes
-from mrisr.training import StageRun, train_stage
+from mrisr.training.refine import train_predict_and_refine
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,7 @@ def checkpoint(tmp_path_factory):
         hr = skullstrip_with_mask(sub.t1, sub.mask, sub.affine, multiple=2)
         pairs.append(stage_pair(hr.t1, downsample(hr.t1, 2), hr.mask > 0, [2], 0))
     out = tmp_path_factory.mktemp("cli_model")
-    run = StageRun({**config, "device": "cpu"}, 0, str(out / "stage1.pt"), str(out / "log.tsv"))
-    train_stage(pairs[:1], pairs[1:], run, log=lambda m: None)
-    return out / "stage1.pt"
+    return train_predict_and_refine(pairs[:1], pairs[1:], {**config, "device": "cpu"}, 0, out, log=lambda m: None)
 
 
 def _oblique_affine(voxel: float) -> np.ndarray:
