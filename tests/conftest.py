@@ -179,18 +179,20 @@ def assert_same_model(a: dict, b: dict, rtol: float = 1e-4) -> None:
     What must agree is all weights taken together and what the network computes.
     """
     from mrisr.diffusion.nets import unet_from_config
+    from mrisr.diffusion.parameterization import Parameterization
 
     assert a["step"] == b["step"]
     for key in ("model", "ema"):
         va = torch.cat([v.flatten().double() for v in a[key].values()])
         vb = torch.cat([v.flatten().double() for v in b[key].values()])
         assert (va - vb).norm() <= rtol * vb.norm(), f"{key}: relative difference {(va - vb).norm() / vb.norm():.2e}"
+    channels = Parameterization.from_diffusion(b["config"]["diffusion"]).cond_channels  # LR, and g for predict-and-refine
     g = torch.Generator().manual_seed(0)
-    x, cond = torch.randn(3, 1, 16, 16, 16, generator=g), torch.rand(3, 1, 16, 16, 16, generator=g)
+    x, cond = torch.randn(3, 1, 16, 16, 16, generator=g), torch.rand(3, channels, 16, 16, 16, generator=g)
     t = torch.tensor([10, 500, 990])
     outputs = []
     for payload in (a, b):
-        net = unet_from_config(payload["config"]["model"])
+        net = unet_from_config(payload["config"]["model"], cond_channels=channels)
         net.load_state_dict(payload["ema"])
         with torch.no_grad():
             outputs.append(net.eval()(x, cond, t))

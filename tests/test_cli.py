@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from conftest import TINY_CONFIG
 from mrisr.cli import main
 from mrisr.data.degrade import downsample
 from mrisr.data.demo import make_demo_subject
+from mrisr.data.protocol import tissue_level
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.diffusion.cascade import stage_pair
 from mrisr.io import save_volume, voxel_sizes
@@ -28,12 +30,13 @@ def checkpoint(tmp_path_factory):
     """A one-stage x2 model, trained for a few steps on two demo subjects (4 mm)."""
     config = yaml.safe_load(TINY_CONFIG.read_text())
     config["cascade"]["factors"] = [2]
-    config["data"] = {"lr_voxel_size_mm": [8.0, 8.0, 8.0]}
     pairs = []
     for index in (0, 1):
         sub = make_demo_subject(index, voxel_size_mm=4.0)
         hr = skullstrip_with_mask(sub.t1, sub.mask, sub.affine, multiple=2)
         pairs.append(stage_pair(hr.t1, downsample(hr.t1, 2), hr.mask > 0, [2], 0))
+    # what a workflow's TrainJob.with_training_data records: the training LR's voxel size, its brain median
+    config["data"] = {"lr_voxel_size_mm": [8.0, 8.0, 8.0], "lr_brain_median": tissue_level(pairs[0].cond, pairs[0].mask)}
     out = tmp_path_factory.mktemp("cli_model")
     return train_predict_and_refine(pairs[:1], pairs[1:], {**config, "device": "cpu"}, 0, out, log=lambda m: None)
 
@@ -225,3 +228,48 @@ def test_the_checkpoints_protocol_decides_whether_the_head_is_kept(checkpoint, t
         sr = nib.load(out).get_fdata()
         head = np.abs(sr[outside]).mean() / np.abs(sr[~outside]).mean()
         assert (head > 0.1) if head_kept else (head < 0.02), (model.stem, head)
+
+
+def test_unset_sampling_options_take_the_runs_settings_and_a_bad_settings_file_is_named(tmp_path, capsys):
+    from mrisr.cli import build_parser, sampling_options
+    from mrisr.pipeline import read_sampling_settings, run_sampling_settings, write_sampling_settings
+
+    models = tmp_path / "results" / "models"
+    checkpoints = [str(models / "stage1" / "checkpoint.pt"), str(models / "stage2" / "checkpoint.pt")]
+    assert run_sampling_settings(checkpoints) is None
+    write_sampling_settings({"steps": 7, "n_samples": 3, "estimate": "predictor", "calibration_subjects": 2},
+                            str(models / "sampling.json"))
+    found = run_sampling_settings(checkpoints)
+    assert found == (models / "sampling.json").resolve()
+    run = read_sampling_settings(found)
+    assert "calibration_subjects" not in run, "how the sd map is calibrated is not how it is sampled"
+    args = build_parser().parse_args(["super-resolve", "in.nii.gz", "-o", "x.nii.gz", "--model", *checkpoints,
+                                      "--n-samples", "2"])
+    options = sampling_options(args, run)
+    assert (options.steps, options.estimate, options.n_samples) == (7, "predictor", 2)  # the option wins
+    assert sampling_options(args).steps != 7  # without the run's settings: the schema's default
+
+    (models / "sampling.json").write_text('{"steps": 7}')
+    code = main(["super-resolve", "in.nii.gz", "-o", str(tmp_path / "x.nii.gz"), "--model", *checkpoints])
+    assert code == 2 and f"{(models / 'sampling.json').resolve()}: not a sampling settings file" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_a_scan_whose_brain_sits_far_below_the_training_level_gets_a_warning(checkpoint, unseen_scan, tmp_path,
+                                                                              capsys):
+    """Half of the intensity level the model was trained on, or a third, is warned about, naming the file
+    and both levels; the scan as it is is not."""
+    code, err = _run(capsys, unseen_scan, "-o", tmp_path / "plain.nii.gz", "--model", checkpoint, "--steps", "1")
+    assert code == 0 and "median intensity" not in err
+    image = nib.load(unseen_scan)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    brain = np.argwhere(data > 0.2 * data.max())
+    rng = np.random.default_rng(0)
+    spots = brain[rng.choice(len(brain), size=len(brain) // 20, replace=False)]
+    data[tuple(spots.T)] = 3.0 * data.max()  # bright specks inside the brain set its 99.5th percentile 3x higher
+    specked = tmp_path / "specked.nii.gz"
+    nib.save(nib.Nifti1Image(data, image.affine), specked)
+    code, err = _run(capsys, specked, "-o", tmp_path / "specked_sr.nii.gz", "--model", checkpoint, "--steps", "1")
+    assert code == 0
+    assert re.search(r"specked\.nii\.gz: normalised, its brain's median intensity is 0\.\d\d, against 0\.\d\d in "
+                     r"the model's training data", err), err

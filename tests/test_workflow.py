@@ -89,6 +89,35 @@ def test_end_to_end_outputs(tiny_run):
     check_tiny_outputs(tiny_run)
 
 
+def test_the_cli_gives_the_workflows_volumes_with_the_runs_sampling_settings(tiny_run, tmp_path):
+    """``mrisr super-resolve`` with no sampling option, on a test subject's LR, samples as the run did
+    (results/models/sampling.json: 3 DDIM steps, 2 samples, 16-voxel patches, not the schema's defaults)
+    and writes the workflow's sr.nii.gz and, with the run's calibration and no option retyped, its sd.nii.gz."""
+    from mrisr.cli import main
+
+    res = tiny_run / "results"
+    splits = (res / "splits.tsv").read_text().splitlines()[1:]
+    subject = next(line.split("\t")[0] for line in splits if line.endswith("\ttest"))
+    (lr,) = (res / "lr" / subject).glob("x*.nii.gz")
+    checkpoints = sorted(str(p) for p in (res / "models").glob("stage*/checkpoint.pt"))
+    out, sd = tmp_path / "sr.nii.gz", tmp_path / "sd.nii.gz"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the super_resolve job ran: one thread, so the same float reductions
+    try:
+        rc = main(["super-resolve", str(lr), "-o", str(out), "--normalised", "--model", *checkpoints,
+                   "--sd", str(sd), "--sd-calibration", str(res / "calibration" / "sd_calibration.json"),
+                   "--device", "cpu", "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    trained = torch.load(checkpoints[0], weights_only=True)["config"]["data"]  # what the job read off its caches
+    assert trained["lr_voxel_size_mm"] == [16.0] * 3 and 0.1 < trained["lr_brain_median"] < 1.0
+    for ours, theirs in ((out, res / "sr" / subject / "sr.nii.gz"), (sd, res / "sr" / subject / "sd.nii.gz")):
+        a, b = nib.load(ours), nib.load(theirs)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+
+
 def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependents(tiny_run, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_run, workdir, symlinks=True)

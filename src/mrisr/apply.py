@@ -6,8 +6,10 @@ super-resolved (``inference.super_resolve``) and written back in the scan's
 own units on the grid ``factor`` times finer, whose affine
 (``degrade.upsample_affine``) puts it exactly over the scan in world space.
 A scan whose voxel size is far from the cascade's training LR gets a warning
-(``io.check_voxel_size``), which the caller shows (stderr, a job's log, the
-QC page).
+(``io.check_voxel_size``), and so does a scan whose brain, once normalised,
+sits at another intensity level than the training data's
+(``Cascade.intensity_warning``); the caller shows them (stderr, a job's log,
+the QC page, the sidecar).
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mrisr.config import ConfigError, SamplingOptions, check_combinations
+from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
 from mrisr.data.degrade import upsample_affine
-from mrisr.data.protocol import normalise_scan
+from mrisr.data.protocol import normalise_scan, tissue_level
 from mrisr.inference import CheckpointError, Stage, load_cascade, super_resolve
 from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_size, load_volume, voxel_sizes
+
+
+INTENSITY_TOLERANCE = 1.5  # a normalised brain median this many times off the training data's gets a warning
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,26 @@ class Cascade:
         trained = self.stages[0].config.get("data", {}).get("lr_voxel_size_mm")
         return None if trained is None else [float(v) for v in trained]
 
+    @property
+    def lr_brain_median(self) -> float | None:
+        """The median of the training data's stage input inside the brain, when the checkpoint records it."""
+        trained = self.stages[0].config.get("data", {}).get("lr_brain_median")
+        return None if trained is None else float(trained)
+
+    def intensity_warning(self, network_input: np.ndarray, brain: np.ndarray | None, path: str) -> str | None:
+        """A warning (or None) when the tissue level of the normalised scan inside ``brain`` is more than
+        ``INTENSITY_TOLERANCE`` times above or below the training data's (``lr_brain_median``): a scan whose
+        brain the network sees at an intensity level it was not trained on. None when either is unknown."""
+        trained = self.lr_brain_median
+        level = None if trained is None or brain is None else tissue_level(network_input, brain)
+        if level is None:
+            return None
+        if trained / INTENSITY_TOLERANCE <= level <= trained * INTENSITY_TOLERANCE:
+            return None
+        return (f"{path}: normalised, its brain's median intensity is {level:.2f}, against {trained:.2f} in the "
+                "model's training data; results may be poor (a contrast other than T1w, or a bright structure "
+                "inside the brain setting the intensity scale?)")
+
     def voxel_size_warning(self, affine: np.ndarray, path: str) -> str | None:
         """``io.check_voxel_size`` against the training LR (None when it matches or is not recorded)."""
         trained = self.lr_voxel_size_mm
@@ -105,6 +131,7 @@ class AppliedScan:
     factor: int
     scale: float  # the scan was divided by this for the network, and the output multiplied back
     warning: str | None  # the voxel-size warning, if any
+    intensity_warning: str | None = None  # the intensity-level warning, if any
 
     @property
     def voxel_size_mm(self) -> list[float]:
@@ -113,26 +140,55 @@ class AppliedScan:
 
 def apply_cascade(
     scan: Scan, cascade: Cascade, options: SamplingOptions, percentile: float | None = None,
-    log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+    normalised: bool = False, log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
     progress: Callable[[int, int, int, int], None] | None = None,
 ) -> AppliedScan:
     """Super-resolve ``scan`` with ``cascade`` (see the module doc); raises before any sampling on bad input.
 
-    ``percentile`` overrides the training run's (``Cascade.normalisation``).
+    ``percentile`` overrides the training run's (``Cascade.normalisation``);
+    ``normalised`` says the scan is already on the model's intensity scale (a
+    training run's LR volumes): it is used as it is, and so is the output (scale 1).
     ``warn`` receives the voxel-size warning before sampling starts, ``log``
     the cascade's progress lines, ``progress`` every reverse step.
     """
-    normalise, trained_percentile = cascade.normalisation
-    percentile = trained_percentile if percentile is None else percentile
-    normalised, scale = normalise_scan(scan.data, scan.brain, scan.affine, percentile, scan.path, cascade.protocol,
-                                       normalise)
+    if normalised:
+        network_input, scale = scan.data.astype(np.float32), 1.0
+    else:
+        normalise, trained_percentile = cascade.normalisation
+        percentile = trained_percentile if percentile is None else percentile
+        network_input, scale = normalise_scan(scan.data, scan.brain, scan.affine, percentile, scan.path,
+                                              cascade.protocol, normalise)
     warning = cascade.voxel_size_warning(scan.affine, scan.path)
-    if warning:
-        warn(warning)
-    outputs = super_resolve(normalised, list(cascade.stages), options, log=log, progress=progress)
+    intensity = cascade.intensity_warning(network_input, _brain_of(network_input, scan, cascade.protocol), scan.path)
+    for message in (warning, intensity):
+        if message:
+            warn(message)
+    outputs = super_resolve(network_input, list(cascade.stages), options, log=log, progress=progress)
     final = outputs[-1]
     factor = final.mean.shape[0] // scan.data.shape[0]
+    # The masked protocol's HR is the brain alone: nothing outside the scan's brain, whatever the network
+    # (whose loss sees the brain only) puts there.
+    keep = 1.0 if cascade.protocol == "acquisition" else _on_finer_grid(scan.brain, factor)
     return AppliedScan(
-        sr=final.mean * scale, sd=None if final.sd is None else final.sd * scale,
+        sr=final.mean * scale * keep, sd=None if final.sd is None else final.sd * scale * keep,
         affine=upsample_affine(scan.affine, factor), factor=factor, scale=scale, warning=warning,
+        intensity_warning=intensity,
     )
+
+
+def _on_finer_grid(mask: np.ndarray, factor: int) -> np.ndarray:
+    """A mask on the grid ``factor`` times finer: each voxel repeated ``factor`` times along every axis."""
+    for axis in range(3):
+        mask = np.repeat(mask, factor, axis=axis)
+    return mask
+
+
+def _brain_of(network_input: np.ndarray, scan: Scan, protocol: str) -> np.ndarray | None:
+    """The scan's brain for the intensity check: its mask under the masked protocol; for a whole-head scan
+    (acquisition protocol) the brain ``extract_brain`` finds on its grid, or None where it finds none."""
+    if protocol != "acquisition":
+        return scan.brain
+    try:
+        return extract_brain(network_input, scan.affine).mask
+    except BrainExtractionError:
+        return None

@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import mrisr
 import mrisr.io as io
@@ -39,7 +39,8 @@ def _progress(stage: int, n_stages: int, step: int, n_steps: int) -> None:
     print(f"\rstage {stage + 1}/{n_stages}: step {step}/{n_steps}", end=end, file=sys.stderr, flush=True)
 
 
-# ``mrisr super-resolve`` option -> sampling config key; unset options take the schema's defaults.
+# ``mrisr super-resolve`` option -> sampling config key; unset options take the training run's settings
+# (``pipeline.run_sampling_settings``), or the schema's defaults where the run's folder has none.
 SAMPLING_OPTIONS = {
     "sampler": "method", "steps": "steps", "eta": "eta", "start_t": "start_t", "n_samples": "n_samples",
     "estimate": "estimate", "flip_ensemble": "flip_ensemble", "variance": "variance",
@@ -47,11 +48,12 @@ SAMPLING_OPTIONS = {
 }
 
 
-def sampling_options(args: argparse.Namespace) -> SamplingOptions:
-    """The sampling section the command's options give: the schema's defaults, overridden where set."""
+def sampling_options(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> SamplingOptions:
+    """The sampling section the command's options give: ``defaults`` (the training run's settings; else the
+    schema's), overridden where set."""
     given = {key: getattr(args, option) for option, key in SAMPLING_OPTIONS.items() if getattr(args, option) is not None}
     try:
-        return SamplingOptions.from_mapping(given)
+        return SamplingOptions.from_mapping({**(defaults or {}), **given})
     except ConfigError as err:  # name the command's options, not the config's keys
         message = str(err)
         for option, key in SAMPLING_OPTIONS.items():
@@ -66,9 +68,19 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     from mrisr.io import save_volume
     from mrisr.pipeline import check_sd_calibration
 
-    options = sampling_options(args)
+    from mrisr.pipeline import read_sampling_settings, run_sampling_settings
+
+    settings = run_sampling_settings(args.model)
+    if settings is None:
+        log.info("no %s beside %s: sampling with the schema's defaults and the options given",
+                 "sampling.json", args.model[-1])
+    else:
+        log.info("sampling as the training run did (%s), where no option says otherwise", settings)
+    options = sampling_options(args, None if settings is None else read_sampling_settings(settings))
     if args.sd and options.n_samples < 2:
         raise InputError("--sd needs --n-samples of 2 or more")
+    if args.normalised and args.percentile is not None:
+        raise InputError("--normalised says the scan needs no rescaling: --percentile has nothing to do with it")
     if args.sd_calibration and not args.sd:
         raise InputError("--sd-calibration calibrates the sd map: give --sd too")
     for path in (args.output, args.sd):
@@ -77,7 +89,7 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     cascade = Cascade.load(args.model, options, pick_device(args.device))
     fitted = check_sd_calibration(args.sd_calibration, options, args.model) if args.sd_calibration else None
     scan = Scan.load(args.input, args.mask, keep_head=cascade.protocol == "acquisition")
-    out = apply_cascade(scan, cascade, options, args.percentile, log=log.info,
+    out = apply_cascade(scan, cascade, options, args.percentile, normalised=args.normalised, log=log.info,
                         warn=lambda w: print(f"mrisr: warning: {w}", file=sys.stderr),
                         progress=None if args.quiet else _progress)
     if args.sd:
@@ -114,31 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
                                    "acquisition protocol: not needed)")
     sr.add_argument("--percentile", type=float, default=None,
                     help="intensity percentile mapped to 1 (default: the training run's, stored in the checkpoint)")
+    sr.add_argument("--normalised", action="store_true",
+                    help="the input is already on the model's intensity scale (a training run's results/lr/*/T1w.nii.gz): "
+                         "no rescaling, and the output on that scale too")
+    # Sampling options left unset take the training run's settings, the sampling.json the workflow
+    # wrote beside the checkpoints' stage folders (results/models/sampling.json), else the schema's.
     d = section_defaults("sampling")
-    sr.add_argument("--sampler", choices=("ddim", "ancestral"), help=f"reverse process (default {d['method']})")
-    sr.add_argument("--steps", type=int, help=f"reverse steps (default {d['steps']})")
-    sr.add_argument("--eta", type=float, help=f"DDIM eta, 0 = deterministic (default {d['eta']})")
+    sr.add_argument("--sampler", choices=("ddim", "ancestral"), help=f"reverse process (default: the run's, else {d['method']})")
+    sr.add_argument("--steps", type=int, help=f"reverse steps (default: the run's, else {d['steps']})")
+    sr.add_argument("--eta", type=float, help=f"DDIM eta, 0 = deterministic (default: the run's, else {d['eta']})")
     sr.add_argument("--start-t", type=int, help="truncate the reverse process at this t (default: T); "
                                                 "needs --estimate sample_mean")
-    sr.add_argument("--n-samples", type=int, help=f"samples drawn (default {d['n_samples']})")
-    sr.add_argument("--estimate", choices=("posterior_mean", "sample_mean"),
+    sr.add_argument("--n-samples", type=int, help=f"samples drawn (default: the run's, else {d['n_samples']})")
+    sr.add_argument("--estimate", choices=("posterior_mean", "sample_mean", "predictor"),
                     help="the output: the posterior-mean estimate E[x0 | LR] (x0 prediction from pure noise; "
-                         f"highest expected PSNR), or the mean of the samples (default {d['estimate']})")
+                         "highest expected PSNR), the mean of the samples, or a predict-and-refine model's "
+                         f"predictor alone (default: the run's, else {d['estimate']})")
     sr.add_argument("--flip-ensemble", action="store_true", default=None,
                     help="draw sample k in the k-th of the 8 mirrorings of the input and mirror it back")
     sr.add_argument("--variance", choices=("posterior", "analytic"),
                     help="reverse-step noise: the sampler's own, or plus the x0 prediction's error stored in "
-                         f"the checkpoint (Analytic-DPM; few steps spread like 1000) (default {d['variance']})")
+                         f"the checkpoint (Analytic-DPM; few steps spread like 1000) (default: the run's, else {d['variance']})")
     sr.add_argument("--sd", help="also write the samples' per-voxel standard deviation (needs --n-samples >= 2)")
     sr.add_argument("--sd-calibration", metavar="SD_CALIBRATION_JSON",
                     help="calibrate the --sd map as the training run did, with the floor and scale it fitted on its "
                          "validation subjects (results/calibration/sd_calibration.json); refused "
                          "unless the checkpoints and sampling options are the ones it was fitted with")
     sr.add_argument("--data-consistency", type=int,
-                    help=f"back-projection iterations (default {d['data_consistency']})")
-    sr.add_argument("--patch-size", type=int, help=f"inference patch side (default {d['patch_size']})")
-    sr.add_argument("--overlap", type=float, help=f"patch overlap fraction (default {d['overlap']})")
-    sr.add_argument("--seed", type=int, help=f"seed of the sampling noise (default {d['seed']})")
+                    help=f"back-projection iterations (default: the run's, else {d['data_consistency']})")
+    sr.add_argument("--patch-size", type=int, help=f"inference patch side (default: the run's, else {d['patch_size']})")
+    sr.add_argument("--overlap", type=float, help=f"patch overlap fraction (default: the run's, else {d['overlap']})")
+    sr.add_argument("--seed", type=int, help=f"seed of the sampling noise (default: the run's, else {d['seed']})")
     sr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     sr.add_argument("--quiet", action="store_true", help="no progress bar")
     sr.set_defaults(func=_super_resolve)

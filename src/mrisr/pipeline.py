@@ -196,6 +196,53 @@ def train(job: TrainJob, out_plot: str, nproc: int = 1, threads: int = 1, log_fi
 
 # What super_resolve can write beside the SR volume: the final stage's samples' sd (sampling.n_samples > 1),
 # its predictor alone and its first sample (predict, then refine).
+# The sampling settings a training run's inference used, beside its stage folders
+# (results/models/sampling.json): the workflow's super_resolve jobs read them from
+# there, and ``mrisr super-resolve`` takes them as its defaults, so both give the
+# same volume for the same model.
+SAMPLING_SETTINGS = "sampling.json"
+
+
+SD_CALIBRATION_KEYS = ("calibration_subjects", "calibration")  # how the sd map is calibrated, not how it is sampled
+
+
+def inference_sampling(options: SamplingOptions) -> dict[str, Any]:
+    """What an inference job samples with: the sampling section less ``SD_CALIBRATION_KEYS``, so that changing
+    how the sd map is calibrated re-runs the calibration only."""
+    return {k: v for k, v in options.to_dict().items() if k not in SD_CALIBRATION_KEYS}
+
+
+def write_sampling_settings(sampling: Mapping[str, Any], out_path: str) -> None:
+    """The run's inference sampling settings (``SamplingOptions.to_dict``, less the sd map's calibration keys),
+    validated, as JSON."""
+    settings = inference_sampling(SamplingOptions.from_mapping(sampling))
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_text(json.dumps({"sampling": settings}, indent=2, sort_keys=True) + "\n")
+    log.info("%s: %s", out_path, ", ".join(f"{k} {v}" for k, v in sorted(settings.items())))
+
+
+def read_sampling_settings(path: str | Path) -> dict[str, Any]:
+    """The sampling section a ``write_sampling_settings`` file holds; ``InputError`` naming ``path`` when it is not
+    one."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read the run's sampling settings ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("sampling"), dict):
+        raise InputError(f"{path}: not a sampling settings file (no 'sampling' mapping)")
+    return record["sampling"]
+
+
+def run_sampling_settings(checkpoints: Sequence[str]) -> Path | None:
+    """The training run's ``SAMPLING_SETTINGS`` for these stage checkpoints (beside the last one's stage folder,
+    ``results/models/stage{k}/checkpoint.pt`` -> ``results/models/sampling.json``), or None."""
+    last = Path(checkpoints[-1]).resolve()
+    for folder in (last.parent, last.parent.parent):
+        if (folder / SAMPLING_SETTINGS).is_file():
+            return folder / SAMPLING_SETTINGS
+    return None
+
+
 EXTRA_OUTPUTS = ("sd", "predictor", "sample")
 
 

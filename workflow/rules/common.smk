@@ -16,6 +16,7 @@ from mrisr.data.bids import STEM_PATTERN
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
 from mrisr.diffusion.cascade import stage_grids, total_factor
+from mrisr.pipeline import SAMPLING_SETTINGS, inference_sampling
 
 
 # Apply mode (config key apply.checkpoints): a trained cascade over every scan of
@@ -65,7 +66,7 @@ SAMPLING_OPTIONS = SamplingOptions.from_mapping(config["sampling"])
 SAMPLING = canonical(SAMPLING_OPTIONS.to_dict())
 # What the inference jobs get: the sampling without the sd map's calibration
 # keys, so that changing how the map is calibrated re-runs the calibration only.
-INFERENCE_SAMPLING = {k: v for k, v in SAMPLING.items() if k not in ("calibration_subjects", "calibration")}
+INFERENCE_SAMPLING = canonical(inference_sampling(SAMPLING_OPTIONS))
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.
 COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))

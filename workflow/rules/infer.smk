@@ -2,14 +2,33 @@
 # with several samples, the sd map's calibration on validation subjects.
 
 
+# The sampling settings the run's inference uses, beside its models: every
+# super_resolve job reads them from here, and `mrisr super-resolve` takes them as
+# its defaults for these checkpoints, so the CLI gives the workflow's volume.
+# A change of the sampling section re-runs this rule (its params) and so every
+# job that reads the file.
+rule sampling_settings:
+    localrule: True
+    output:
+        json="results/models/" + SAMPLING_SETTINGS,
+    params:
+        sampling=INFERENCE_SAMPLING,
+    log:
+        "results/logs/sampling_settings.log",
+    conda:
+        "../../envs/mrisr.yaml"
+    script:
+        "../scripts/sampling_settings.py"
+
+
 rule super_resolve:
     input:
         lr=test_lr,
         checkpoints=all_checkpoints,
+        sampling=rules.sampling_settings.output.json,
     output:
         **SR_OUTPUTS,
     params:
-        sampling=INFERENCE_SAMPLING,
         device=config["device"],
     log:
         "results/logs/super_resolve/{subject}.log",
@@ -46,11 +65,11 @@ rule super_resolve_compare:
     input:
         lr=test_lr,
         checkpoints=compare_checkpoints,
+        sampling=rules.sampling_settings.output.json,
     output:
         sr="results/compare/{name}/sr/{subject}/sr.nii.gz",
         stages=expand("results/compare/{{name}}/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
     params:
-        sampling=INFERENCE_SAMPLING,
         device=config["device"],
     log:
         "results/logs/super_resolve_compare/{name}_{subject}.log",
@@ -73,12 +92,12 @@ if CALIBRATION_SUBJECTS:
         input:
             lr=subject_lr,
             checkpoints=all_checkpoints,
+            sampling=rules.sampling_settings.output.json,
         output:
             sr="results/calibration/{subject}/sr.nii.gz",
             stages=expand("results/calibration/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
             sd="results/calibration/{subject}/sd_uncalibrated.nii.gz",
         params:
-            sampling=INFERENCE_SAMPLING,
             device=config["device"],
         log:
             "results/logs/super_resolve_val/{subject}.log",

@@ -57,6 +57,18 @@ class Acquisition:
         return downsample(np.pad(t1.astype(np.float32), pad), self.factor, self.order, self.method)
 
 
+# Normalised intensities below this are background or partial volume at the brain's edge, not tissue:
+# the training data's intensity level and a scan's are read above it (``tissue_level``).
+TISSUE_FLOOR = 0.1
+
+
+def tissue_level(normalised: np.ndarray, brain: np.ndarray) -> float | None:
+    """The median of a normalised volume's tissue inside ``brain`` (voxels above ``TISSUE_FLOOR``), or None
+    where there is none: the intensity level a network trained on such volumes expects."""
+    values = normalised[brain & (normalised > TISSUE_FLOOR)]
+    return float(np.median(values)) if values.size else None
+
+
 def lr_scale(lr: np.ndarray, lr_affine: np.ndarray, percentile: float, normalise: str = "brain",
              path: str = "the LR volume") -> float:
     """The intensity scale of an acquisition, read off its LR volume (a scan as acquired) alone.

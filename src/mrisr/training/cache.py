@@ -36,6 +36,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from mrisr.data import skullstrip
+from mrisr.data.protocol import tissue_level
 from mrisr.diffusion.cascade import StagePair
 from mrisr.io import NpyArray, VolumeError, atomic_path, save_npy
 
@@ -136,6 +137,21 @@ def write_prediction(directory: str | Path, pred: np.ndarray) -> Path:
     path = Path(directory) / f"{PREDICTION}.npy"
     save_npy(path, pred.astype(np.float32))
     return path
+
+
+def brain_median(directory: str | Path) -> float:
+    """The tissue level (``protocol.tissue_level``) of a cached subject's condition (its stage input) inside
+    its brain: the training data's intensity level, recorded in the checkpoint so that a scan far from it
+    can be flagged (``apply``)."""
+    info = read_cache_info(directory)
+    lo, shape = info.brain_box
+    box = tuple(slice(a, a + n) for a, n in zip(lo, shape))
+    cond = np.load(Path(directory) / "cond.npy", mmap_mode="r")[box]
+    mask = np.load(Path(directory) / "mask.npy", mmap_mode="r")[box] > 0
+    level = tissue_level(np.asarray(cond), mask)
+    if level is None:
+        raise VolumeError(f"{directory}: no tissue inside the cached brain mask")
+    return level
 
 
 def _array_digest(array: NpyArray) -> str:

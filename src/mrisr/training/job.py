@@ -12,13 +12,17 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
+
 from mrisr.data.splits import read_splits
 from mrisr.distributed import World
 from mrisr.resume import StopSignals
-from mrisr.training.cache import CachedVolume, read_cache_info
+from mrisr.training.cache import CachedVolume, brain_median, read_cache_info
 from mrisr.training.loop import StageRun, TrainResult, train_stage
 
 log = logging.getLogger("mrisr")
+
+INTENSITY_SUBJECTS = 8  # training subjects whose brain median the checkpoint records (each read once, in its box)
 
 
 @dataclass(frozen=True)
@@ -60,17 +64,21 @@ class TrainJob:
             raise ValueError(f"{self.splits}: {split} subject(s) {', '.join(missing)} have no stage cache")
         return [CachedVolume(self.caches[s], prediction=self.reads_prediction) for s in self.subjects(split)]
 
-    def with_lr_voxel_size(self) -> "TrainJob":
-        """The job with the training LR's voxel size in its config (``data.lr_voxel_size_mm``), so that it
-        travels with the checkpoint and ``mrisr super-resolve`` can warn about scans of another resolution."""
-        first = self.subjects("train")[0]
-        voxel = list(read_cache_info(self.caches[first]).lr_voxel_size_mm)
-        return replace(self, run=replace(self.run, config={**self.run.config, "data": {"lr_voxel_size_mm": voxel}}))
+    def with_training_data(self) -> "TrainJob":
+        """The job with what its training data were in its config (``data``): the training LR's voxel size
+        (``lr_voxel_size_mm``) and the median of the stage input inside the brain over the first
+        ``INTENSITY_SUBJECTS`` training subjects (``lr_brain_median``), so that they travel with the checkpoint
+        and ``mrisr super-resolve`` can warn about scans of another resolution or intensity level."""
+        train = self.subjects("train")
+        voxel = list(read_cache_info(self.caches[train[0]]).lr_voxel_size_mm)
+        median = float(np.median([brain_median(self.caches[s]) for s in train[:INTENSITY_SUBJECTS]]))
+        data = {"lr_voxel_size_mm": voxel, "lr_brain_median": round(median, 6)}
+        return replace(self, run=replace(self.run, config={**self.run.config, "data": data}))
 
 
 def run_job(job: TrainJob, stop: StopSignals, world: World | None = None) -> TrainResult:
     """Open the job's stage caches and train its stage (``train_stage``); ``stop`` holds the stop signals."""
-    job = job.with_lr_voxel_size()
+    job = job.with_training_data()
     result = train_stage(job.volumes("train"), job.volumes("val"), job.run, world=world, log=log.info, stop=stop)
     if world is None or world.is_main:
         log.info("stage %d trained: %d steps in %.0f s, val loss %.5f",
