@@ -137,3 +137,17 @@ def test_openneuro_config_is_a_data_source_config_that_takes_the_gpu_model():
     assert subjects == [f"sub-{n:02d}" for n in range(1, 73)]
     assert not ships_mask(config)
     assert data_identity(config) == {"bucket": "openneuro.org", "accession": "ds002748", "session": None}
+
+
+def test_train_settings_are_one_typed_object_with_the_schemas_defaults_validated_once():
+    from mrisr.config import ConfigError, TrainSettings, section_defaults
+
+    train = TrainSettings.from_section("train", {"steps": 12})
+    assert train.steps == 12 and train.lr == section_defaults("train")["lr"] and train.objective == "diffusion"
+    predictor = TrainSettings.from_section("predictor", {})
+    assert predictor.loss == section_defaults("predictor")["loss"] and predictor.flip is True
+    assert predictor.cond_augment == {} and predictor.t_end_fraction == 0.0  # keys the predictor has not
+    with pytest.raises(ConfigError, match=r"predictor\.loss"):
+        TrainSettings.from_section("predictor", {"loss": "l2"})
+    with pytest.raises(ConfigError, match=r"train\.steps"):
+        TrainSettings.from_section("train", {"steps": 0})

@@ -8,7 +8,7 @@ goes through ``section``, which fills the schema's defaults and validates
 the same way. The defaults therefore live in one place: the schema.
 
 A section that several layers read becomes one frozen dataclass built by
-``from_mapping`` (``SamplingOptions`` here; ``diffusion.parameterization.
+``from_mapping`` (``SamplingOptions`` and ``TrainSettings`` here; ``diffusion.parameterization.
 Parameterization`` for the diffusion section's prediction settings), so it is
 validated once, where it enters, and passed on whole.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -93,6 +93,37 @@ def check_combinations(diffusion: Mapping[str, Any], sampling: Mapping[str, Any]
     if estimate == "posterior_mean" and d["prediction"] == "eps":
         raise ConfigError("sampling.estimate: 'posterior_mean' is the x0 prediction at t = T, which an 'eps' network "
                           "gives only by dividing by sqrt(ᾱ_T) ≈ 0; use prediction x0, v or edm, or estimate sample_mean")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one network of a stage trains: the ``train`` section (the diffusion model) or the ``predictor``
+    section (the stage's predictor; predict, then refine), meanings in the schema.
+
+    Build it with ``from_section``, which fills the schema's defaults and validates; keys one section has and
+    the other has not take the defaults below, which say what their absence means.
+    """
+
+    steps: int
+    batch_size: int
+    patch_size: int
+    lr: float
+    warmup_steps: int
+    ema_decay: float
+    grad_clip: float
+    flip: bool
+    val_every: int
+    val_patches: int
+    seed: int
+    objective: Literal["diffusion", "regression"] = "diffusion"  # train only
+    t_end_fraction: float = 0.0  # train only
+    cond_augment: Mapping[str, Any] = field(default_factory=dict)  # train only: stages after the first
+    loss: Literal["mse", "l1"] = "mse"  # predictor only
+
+    @classmethod
+    def from_section(cls, name: Literal["train", "predictor"], values: Mapping[str, Any]) -> "TrainSettings":
+        checked = section(name, values)
+        return cls(**{f.name: checked[f.name] for f in fields(cls) if f.name in checked})
 
 
 Estimate = Literal["predictor", "sample_mean", "posterior_mean"]

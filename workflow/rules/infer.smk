@@ -10,7 +10,7 @@
 rule sampling_settings:
     localrule: True
     output:
-        json="results/models/" + SAMPLING_SETTINGS,
+        json=f"results/models/{SAMPLING_SETTINGS}",
     params:
         sampling=INFERENCE_SAMPLING,
     log:

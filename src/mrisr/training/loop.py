@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import mrisr
-from mrisr.config import section
+from mrisr.config import TrainSettings
 from mrisr.device import autocast, pick_device
 from mrisr.diffusion import analytic
 from mrisr.diffusion.cascade import StagePair
@@ -92,11 +92,11 @@ class StageRun:
     predictor: str | None = None  # the stage's trained predictor checkpoint, carried inside the diffusion's
 
     @property
-    def settings(self) -> dict:
-        """The training settings of this run's network, the ``predictor`` section or ``train``, with the
-        schema's defaults filled in and validated (``config.section``)."""
+    def settings(self) -> TrainSettings:
+        """The training settings of this run's network, from the ``predictor`` section or ``train``, with the
+        schema's defaults filled in and validated once (``config.TrainSettings``)."""
         name = "predictor" if self.network == "predictor" else "train"
-        return section(name, self.config.get(name, {}))
+        return TrainSettings.from_section(name, self.config.get(name, {}))
 
     @property
     def resume_path(self) -> Path:
@@ -237,20 +237,20 @@ class TrainLoop:
         self, train: Sequence[PatchSource | StagePair], val: Sequence[PatchSource | StagePair], run: StageRun,
         world: World,
     ) -> None:
-        tcfg = run.settings
-        self.run, self.world, self.tcfg = run, world, tcfg
+        settings = run.settings
+        self.run, self.world, self.settings = run, world, settings
         self.param = Parameterization.from_diffusion(run.config["diffusion"])
         self.predictor = run.network == "predictor"
-        self.regression = not self.predictor and tcfg.get("objective", "diffusion") == "regression"
-        seed = int(tcfg["seed"]) + 1000 * run.stage
+        self.regression = not self.predictor and settings.objective == "regression"
+        seed = settings.seed + 1000 * run.stage
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.schedule = full_schedule(run.config["diffusion"])
         self.model = build_network(run).to(world.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = world.wrap(self.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tcfg["lr"]), weight_decay=0.0)
-        self.patch, self.batch, self.steps = int(tcfg["patch_size"]), int(tcfg["batch_size"]), int(tcfg["steps"])
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=0.0)
+        self.patch, self.batch, self.steps = settings.patch_size, settings.batch_size, settings.steps
         if self.patch % self.model.divisor:
             raise ValueError(f"train.patch_size {self.patch} must be divisible by {self.model.divisor}")
         if self.batch < world.size:
@@ -258,15 +258,15 @@ class TrainLoop:
         self.rows = world.rows(self.batch)
         self.share = (self.rows.stop - self.rows.start) / self.batch  # this worker's part of the batch mean
         train, val = sources(train), sources(val)
-        augment = CondAugment.from_mapping(tcfg.get("cond_augment")) if run.stage > 0 else None
+        augment = CondAugment.from_mapping(settings.cond_augment) if run.stage > 0 else None
         # the predictor's batches carry the brain mask last, to weight its loss (``predictor_loss``)
         names = ("cond", "mask") if self.predictor else ("cond", "pred") if self.param.cond_channels == 2 else ("cond",)
         align = getattr(self.model, "divisor", 1) if self.predictor else 1  # the predictor's LR grid
         if self.predictor and (self.patch % align):
             raise ValueError(f"predictor.patch_size {self.patch} must be divisible by the stage factor {align}")
-        self.sampler = PatchSampler(train, self.patch, seed, flip=bool(tcfg.get("flip", False)), augment=augment,
+        self.sampler = PatchSampler(train, self.patch, seed, flip=settings.flip, augment=augment,
                                     cond_names=names, align=align)
-        self.val = _ValidationBatch.draw(val, self.patch, int(tcfg["val_patches"]), seed + 1,
+        self.val = _ValidationBatch.draw(val, self.patch, settings.val_patches, seed + 1,
                                          self.schedule.num_timesteps, names, align)
         self.noise_gen = torch.Generator().manual_seed(seed + 2)
         self.data = data_fingerprint([v.digest for v in (*train, *val)])
@@ -328,7 +328,7 @@ class TrainLoop:
         Returns the learning rate and this worker's share of the batch's mean loss.
         """
         dev, batch, rows = self.world.device, self.batch, self.rows
-        lr = lr_at(self.step, float(self.tcfg["lr"]), int(self.tcfg["warmup_steps"]), self.steps)
+        lr = lr_at(self.step, self.settings.lr, self.settings.warmup_steps, self.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         cond, volume = (x.to(dev, non_blocking=True) for x in self.next_patches())
@@ -339,9 +339,9 @@ class TrainLoop:
             loss = self.loss(self.net, cond, volume, t, noise)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (self.share * self.world.size)).backward()  # DDP averages over workers: the batch mean
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["grad_clip"]))
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.optimizer.step()
-        decay = float(self.tcfg["ema_decay"])
+        decay = self.settings.ema_decay
         ema_update(self.ema, self.model, min(decay, (1.0 + self.step) / (10.0 + self.step)))
         self.step += 1
         return lr, float(loss.detach()) * self.share
@@ -352,7 +352,7 @@ class TrainLoop:
         the default stream is the uniform one."""
         T = self.schedule.num_timesteps
         t = self.rng.integers(0, T, size=batch)
-        share = float(self.tcfg.get("t_end_fraction", 0.0))
+        share = self.settings.t_end_fraction
         if share > 0:
             t[self.rng.random(batch) < share] = T - 1
         return t
@@ -362,7 +362,7 @@ class TrainLoop:
         """The objective's loss on a batch: the predictor's pixel loss, the diffusion loss, or the regression
         baseline's (``t``, ``noise`` unused but by the diffusion loss)."""
         if self.predictor:
-            return predictor_loss(net, cond, volume, str(self.tcfg["loss"]))
+            return predictor_loss(net, cond, volume, self.settings.loss)
         if self.regression:
             return regression_loss(net, self.param, cond, volume)
         return diffusion_loss(net, self.schedule, self.param, cond, volume, t, noise)
@@ -377,7 +377,7 @@ class TrainLoop:
         """Add a step's loss to the running mean; at a validation step, validate and log a row."""
         self.running += batch_loss
         self.count += 1
-        if self.step % int(self.tcfg["val_every"]) and self.step != self.steps:
+        if self.step % self.settings.val_every and self.step != self.steps:
             return
         if self.world.is_main:
             self.val_loss = self.validate()
