@@ -11,7 +11,7 @@ import pytest
 from mrisr.diffusion.cascade import StagePair
 from mrisr.io import NpyArray, VolumeError, save_npy
 from mrisr.training import CachedVolume, MemoryVolume, PatchSampler, write_stage_cache
-from mrisr.training.cache import brain_box
+from mrisr.training.cache import brain_box, read_cache_info
 from mrisr.training.patches import CondAugment, batch_loader
 
 
@@ -134,3 +134,22 @@ def test_loader_workers_deliver_the_same_batches_in_order(tmp_path):
         assert c0.shape == (2, 1, 8, 8, 8)
         np.testing.assert_array_equal(c0.numpy(), c1.numpy())
         np.testing.assert_array_equal(t1.numpy(), sampler.batch(step, range(1, 3))[1])
+
+
+def test_the_training_lrs_tissue_level_travels_from_the_caches_to_the_job_config(tmp_path):
+    """Each cache records its LR's tissue level (or none, as old caches and coarse grids have); a train job
+    records the median over its training subjects that have one, beside the LR's voxel size."""
+    from mrisr.training import StageRun, TrainJob
+
+    levels = {"a": 0.5, "b": 0.7, "c": None, "d": 0.6}
+    for subject, level in levels.items():
+        write_stage_cache(_pair(), tmp_path / subject, [4.0] * 3, level)
+        assert read_cache_info(tmp_path / subject).lr_tissue_level == level
+    splits = tmp_path / "splits.tsv"
+    splits.write_text("subject\tsplit\na\ttrain\nb\ttrain\nc\ttrain\nd\tval\n")
+    run = StageRun({"cascade": {"factors": [2]}}, 0, str(tmp_path / "ck.pt"), str(tmp_path / "log.tsv"))
+    job = TrainJob(run, str(splits), caches={s: str(tmp_path / s) for s in levels}).with_training_data()
+    assert job.run.config["data"] == {"lr_voxel_size_mm": [4.0] * 3, "lr_brain_median": 0.6}  # of a and b only
+    bare = TrainJob(run, str(splits), caches={s: str(tmp_path / s) for s in levels} | {"a": str(tmp_path / "c"),
+                                                                                       "b": str(tmp_path / "c")})
+    assert "lr_brain_median" not in bare.with_training_data().run.config["data"]

@@ -20,14 +20,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mrisr.config import ConfigError, SamplingOptions, check_combinations
-from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
 from mrisr.data.degrade import upsample_affine
-from mrisr.data.protocol import normalise_scan, tissue_level
+from mrisr.data.protocol import lr_tissue_level, normalise_scan
 from mrisr.inference import CheckpointError, Stage, load_cascade, super_resolve
 from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_size, load_volume, voxel_sizes
 
 
-INTENSITY_TOLERANCE = 1.5  # a normalised brain median this many times off the training data's gets a warning
+INTENSITY_TOLERANCE = 1.25  # a tissue level this many times off the training data's gets a warning
 
 
 @dataclass(frozen=True)
@@ -76,12 +75,13 @@ class Cascade:
         trained = self.stages[0].config.get("data", {}).get("lr_brain_median")
         return None if trained is None else float(trained)
 
-    def intensity_warning(self, network_input: np.ndarray, brain: np.ndarray | None, path: str) -> str | None:
-        """A warning (or None) when the tissue level of the normalised scan inside ``brain`` is more than
-        ``INTENSITY_TOLERANCE`` times above or below the training data's (``lr_brain_median``): a scan whose
-        brain the network sees at an intensity level it was not trained on. None when either is unknown."""
+    def intensity_warning(self, network_input: np.ndarray, affine: np.ndarray, path: str) -> str | None:
+        """A warning (or None) when the normalised scan's tissue level (``protocol.lr_tissue_level``, measured
+        as the training LR's was) is more than ``INTENSITY_TOLERANCE`` times above or below the training
+        data's: a scan whose brain the network sees at an intensity level it was not trained on. None when
+        either is unknown (no brain found on a grid of 6 mm or coarser; a checkpoint that records none)."""
         trained = self.lr_brain_median
-        level = None if trained is None or brain is None else tissue_level(network_input, brain)
+        level = None if trained is None else lr_tissue_level(network_input, affine)
         if level is None:
             return None
         if trained / INTENSITY_TOLERANCE <= level <= trained * INTENSITY_TOLERANCE:
@@ -159,7 +159,7 @@ def apply_cascade(
         network_input, scale = normalise_scan(scan.data, scan.brain, scan.affine, percentile, scan.path,
                                               cascade.protocol, normalise)
     warning = cascade.voxel_size_warning(scan.affine, scan.path)
-    intensity = cascade.intensity_warning(network_input, _brain_of(network_input, scan, cascade.protocol), scan.path)
+    intensity = cascade.intensity_warning(network_input, scan.affine, scan.path)
     for message in (warning, intensity):
         if message:
             warn(message)
@@ -181,14 +181,3 @@ def _on_finer_grid(mask: np.ndarray, factor: int) -> np.ndarray:
     for axis in range(3):
         mask = np.repeat(mask, factor, axis=axis)
     return mask
-
-
-def _brain_of(network_input: np.ndarray, scan: Scan, protocol: str) -> np.ndarray | None:
-    """The scan's brain for the intensity check: its mask under the masked protocol; for a whole-head scan
-    (acquisition protocol) the brain ``extract_brain`` finds on its grid, or None where it finds none."""
-    if protocol != "acquisition":
-        return scan.brain
-    try:
-        return extract_brain(network_input, scan.affine).mask
-    except BrainExtractionError:
-        return None

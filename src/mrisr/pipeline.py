@@ -20,7 +20,9 @@ from mrisr.config import SamplingOptions
 from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
 from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample_affine
 from mrisr.data.local import LocalScan
-from mrisr.data.protocol import Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, lr_scale
+from mrisr.data.protocol import (
+    Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, lr_scale, lr_tissue_level,
+)
 from mrisr.data.skullstrip import skullstrip_with_mask
 from mrisr.data.sources import fetch_subject
 from mrisr.data.splits import split_subjects, write_splits
@@ -140,7 +142,7 @@ def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[in
     mask, mask_affine = load_volume(mask_path)
     check_same_grid(mask, mask_affine, mask_path, hr, hr_affine, hr_path)
     pair = stage_pair(hr, lr, mask > 0, factors, stage, int(order), method)
-    info = write_stage_cache(pair, out_dir, voxel_sizes(lr_affine))
+    info = write_stage_cache(pair, out_dir, voxel_sizes(lr_affine), lr_tissue_level(lr, lr_affine))
     log.info("%s: stage %d training pair %s, brain box %s..%s", out_dir, stage + 1, info.shape, *info.brain_box)
 
 

@@ -69,6 +69,16 @@ def tissue_level(normalised: np.ndarray, brain: np.ndarray) -> float | None:
     return float(np.median(values)) if values.size else None
 
 
+def lr_tissue_level(lr: np.ndarray, lr_affine: np.ndarray) -> float | None:
+    """``tissue_level`` of a normalised LR volume inside the brain ``extract_brain`` finds on its grid (as
+    ``mrisr super-resolve`` finds a scan's), or None where it finds none (voxels of 6 mm or coarser)."""
+    try:
+        brain = extract_brain(lr, lr_affine).mask
+    except BrainExtractionError:
+        return None
+    return tissue_level(lr, brain)
+
+
 def lr_scale(lr: np.ndarray, lr_affine: np.ndarray, percentile: float, normalise: str = "brain",
              path: str = "the LR volume") -> float:
     """The intensity scale of an acquisition, read off its LR volume (a scan as acquired) alone.

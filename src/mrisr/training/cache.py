@@ -36,7 +36,6 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from mrisr.data import skullstrip
-from mrisr.data.protocol import tissue_level
 from mrisr.diffusion.cascade import StagePair
 from mrisr.io import NpyArray, VolumeError, atomic_path, save_npy
 
@@ -110,9 +109,11 @@ class CacheInfo:
     brain_box: tuple[tuple[int, ...], tuple[int, ...]]
     digest: str
     lr_voxel_size_mm: tuple[float, ...]
+    lr_tissue_level: float | None = None  # the normalised LR's tissue level (``protocol.lr_tissue_level``)
 
 
-def write_stage_cache(pair: StagePair, directory: str | Path, lr_voxel_size_mm: Sequence[float]) -> CacheInfo:
+def write_stage_cache(pair: StagePair, directory: str | Path, lr_voxel_size_mm: Sequence[float],
+                      lr_tissue_level: float | None = None) -> CacheInfo:
     """Write one subject's stage pair as ``cond.npy``, ``target.npy``, ``mask.npy`` and ``cache.json``.
 
     Each file is written whole or not at all (``io.atomic_path``); ``cache.json``
@@ -120,7 +121,8 @@ def write_stage_cache(pair: StagePair, directory: str | Path, lr_voxel_size_mm: 
     """
     directory = Path(directory)
     info = CacheInfo(shape=tuple(int(s) for s in pair.cond.shape), brain_box=brain_box(pair.mask),
-                     digest=volume_digest(pair), lr_voxel_size_mm=tuple(float(v) for v in lr_voxel_size_mm))
+                     digest=volume_digest(pair), lr_voxel_size_mm=tuple(float(v) for v in lr_voxel_size_mm),
+                     lr_tissue_level=None if lr_tissue_level is None else float(lr_tissue_level))
     save_npy(directory / "cond.npy", pair.cond.astype(np.float32))
     save_npy(directory / "target.npy", pair.target.astype(np.float32))
     save_npy(directory / "mask.npy", pair.mask.astype(np.uint8))
@@ -137,21 +139,6 @@ def write_prediction(directory: str | Path, pred: np.ndarray) -> Path:
     path = Path(directory) / f"{PREDICTION}.npy"
     save_npy(path, pred.astype(np.float32))
     return path
-
-
-def brain_median(directory: str | Path) -> float:
-    """The tissue level (``protocol.tissue_level``) of a cached subject's condition (its stage input) inside
-    its brain: the training data's intensity level, recorded in the checkpoint so that a scan far from it
-    can be flagged (``apply``)."""
-    info = read_cache_info(directory)
-    lo, shape = info.brain_box
-    box = tuple(slice(a, a + n) for a, n in zip(lo, shape))
-    cond = np.load(Path(directory) / "cond.npy", mmap_mode="r")[box]
-    mask = np.load(Path(directory) / "mask.npy", mmap_mode="r")[box] > 0
-    level = tissue_level(np.asarray(cond), mask)
-    if level is None:
-        raise VolumeError(f"{directory}: no tissue inside the cached brain mask")
-    return level
 
 
 def _array_digest(array: NpyArray) -> str:
@@ -174,7 +161,7 @@ def read_cache_info(directory: str | Path) -> CacheInfo:
                           "remove results/cache/ and run the workflow again")
     lo, hi = values["brain_box"]
     return CacheInfo(shape=tuple(values["shape"]), brain_box=(tuple(lo), tuple(hi)), digest=values["digest"],
-                     lr_voxel_size_mm=tuple(values["lr_voxel_size_mm"]))
+                     lr_voxel_size_mm=tuple(values["lr_voxel_size_mm"]), lr_tissue_level=values.get("lr_tissue_level"))
 
 
 class CachedVolume:

@@ -17,12 +17,10 @@ import numpy as np
 from mrisr.data.splits import read_splits
 from mrisr.distributed import World
 from mrisr.resume import StopSignals
-from mrisr.training.cache import CachedVolume, brain_median, read_cache_info
+from mrisr.training.cache import CachedVolume, read_cache_info
 from mrisr.training.loop import StageRun, TrainResult, train_stage
 
 log = logging.getLogger("mrisr")
-
-INTENSITY_SUBJECTS = 8  # training subjects whose brain median the checkpoint records (each read once, in its box)
 
 
 @dataclass(frozen=True)
@@ -66,13 +64,15 @@ class TrainJob:
 
     def with_training_data(self) -> "TrainJob":
         """The job with what its training data were in its config (``data``): the training LR's voxel size
-        (``lr_voxel_size_mm``) and the median of the stage input inside the brain over the first
-        ``INTENSITY_SUBJECTS`` training subjects (``lr_brain_median``), so that they travel with the checkpoint
-        and ``mrisr super-resolve`` can warn about scans of another resolution or intensity level."""
-        train = self.subjects("train")
-        voxel = list(read_cache_info(self.caches[train[0]]).lr_voxel_size_mm)
-        median = float(np.median([brain_median(self.caches[s]) for s in train[:INTENSITY_SUBJECTS]]))
-        data = {"lr_voxel_size_mm": voxel, "lr_brain_median": round(median, 6)}
+        (``lr_voxel_size_mm``) and the median over the training subjects of their LR's tissue level
+        (``lr_brain_median``, where their caches record one: ``protocol.lr_tissue_level``), so that they travel
+        with the checkpoint and ``mrisr super-resolve`` can warn about scans of another resolution or
+        intensity level."""
+        infos = [read_cache_info(self.caches[s]) for s in self.subjects("train")]
+        data: dict = {"lr_voxel_size_mm": list(infos[0].lr_voxel_size_mm)}
+        levels = [i.lr_tissue_level for i in infos if i.lr_tissue_level is not None]
+        if levels:
+            data["lr_brain_median"] = round(float(np.median(levels)), 6)
         return replace(self, run=replace(self.run, config={**self.run.config, "data": data}))
 
 

@@ -1,0 +1,122 @@
+"""A trained demo model on validation brains whose head or brain intensity is shifted beyond its training range.
+
+    .venv/bin/python benchmarks/intensity_shift.py RESULTS [--out benchmarks/results/intensity_shift.tsv]
+
+RESULTS is a finished demo run's ``results/`` folder (``make demo``, or
+``benchmarks/config_e2e.sh demo DIR``). For each of its validation subjects
+(never a test subject) the raw whole-head T1 the run fetched is changed:
+
+- ``as_is``: unchanged;
+- ``head_x2`` / ``head_x0.5``: every voxel outside the brain mask twice / half as bright (the demo's
+  head layers vary by up to 2x between subjects; twice the brightest is beyond them);
+- ``gain_x3``: the whole volume 3x brighter (a scanner's arbitrary units);
+- ``specks``: 2 % of the brain's voxels 3x the brightest (bright vessels or lesions that move the
+  brain's 99.5th percentile, and with it the intensity scale).
+
+Each variant goes through the workflow's own skull stripping, LR making and
+normalisation (``pipeline.skullstrip``, ``pipeline.make_lr``, with the run's
+``skullstrip`` settings) and the run's checkpoints (the predictor's
+estimate, ``sampling.estimate: predictor``), and is scored against its own
+HR like a test subject (interior PSNR gain over the spline). The
+``warning`` column says whether ``mrisr super-resolve`` would warn about its
+intensity level: its LR's tissue level (``protocol.lr_tissue_level``)
+against the median of the run's training subjects' LR tissue levels, with
+``apply.INTENSITY_TOLERANCE``, as a checkpoint of this version records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mrisr import metrics, pipeline  # noqa: E402
+from mrisr.apply import INTENSITY_TOLERANCE, Cascade  # noqa: E402
+from mrisr.config import SamplingOptions  # noqa: E402
+from mrisr.data.degrade import upsample  # noqa: E402
+from mrisr.data.protocol import Acquisition, lr_tissue_level  # noqa: E402
+from mrisr.data.splits import read_splits  # noqa: E402
+from mrisr.device import pick_device  # noqa: E402
+from mrisr.inference import super_resolve  # noqa: E402
+from mrisr.io import load_volume, save_volume  # noqa: E402
+
+COLUMNS = ("subject", "variant", "gain_interior", "gain", "psnr_interior", "spline_psnr_interior", "lr_tissue_level",
+           "warning")
+
+
+def variants(t1: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The shifted versions of one raw whole-head T1 (module doc)."""
+    rng = np.random.default_rng(0)
+    brain = np.argwhere(mask)
+    specks = t1.copy()
+    chosen = brain[rng.choice(len(brain), size=len(brain) // 50, replace=False)]
+    specks[tuple(chosen.T)] = 3.0 * t1.max()
+    return {"as_is": t1, "head_x2": np.where(mask, t1, 2.0 * t1), "head_x0.5": np.where(mask, t1, 0.5 * t1),
+            "gain_x3": 3.0 * t1, "specks": specks}
+
+
+def score(subject: str, name: str, t1: np.ndarray, raw_mask: np.ndarray, affine: np.ndarray, run: dict,
+          work: Path) -> dict:
+    raw, mask_path = work / f"{name}_raw.nii.gz", work / f"{name}_rawmask.nii.gz"
+    save_volume(raw, t1, affine)
+    save_volume(mask_path, raw_mask, affine, dtype=np.uint8)
+    hr, hr_mask, lr = work / f"{name}_hr.nii.gz", work / f"{name}_mask.nii.gz", work / f"{name}_lr.nii.gz"
+    strip = run["skullstrip"]
+    pipeline.skullstrip(str(raw), str(hr), str(hr_mask), strip["margin_mm"], run["factor"], strip["percentile"],
+                        str(mask_path), Acquisition(run["factor"], normalise=strip["normalise"]))
+    pipeline.make_lr(str(hr), str(lr), run["factor"], 3, "spline", raw_t1=str(raw), percentile=strip["percentile"],
+                     normalise=strip["normalise"])
+    target, brain = load_volume(hr)[0], load_volume(hr_mask)[0] > 0
+    low, lr_affine = load_volume(lr)
+    out = super_resolve(low, run["cascade"].stages, run["sampling"], log=lambda m: None)[-1].mean
+    sr, spline = metrics.scores(target, out, brain), metrics.scores(target, np.clip(upsample(low, run["factor"], 3),
+                                                                                   0, 1), brain)
+    level, trained = lr_tissue_level(low, lr_affine), run["trained_level"]
+    warning = level is not None and not trained / INTENSITY_TOLERANCE <= level <= trained * INTENSITY_TOLERANCE
+    return {"subject": subject, "variant": name, "gain_interior": sr["psnr_interior"] - spline["psnr_interior"],
+            "gain": sr["psnr"] - spline["psnr"], "psnr_interior": sr["psnr_interior"],
+            "spline_psnr_interior": spline["psnr_interior"], "lr_tissue_level": float("nan") if level is None else level,
+            "warning": "yes" if warning else "no"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "intensity_shift.tsv")
+    args = parser.parse_args()
+    checkpoints = sorted(str(p) for p in (args.results / "models").glob("stage*/checkpoint.pt"))
+    settings = pipeline.read_sampling_settings(args.results / "models" / pipeline.SAMPLING_SETTINGS)
+    sampling = SamplingOptions.from_mapping({**settings, "n_samples": 1, "estimate": "predictor"})
+    cascade = Cascade.load(checkpoints, sampling, pick_device("cpu"))
+    stage_config = cascade.stages[0].config
+    run = {"cascade": cascade, "sampling": sampling, "skullstrip": stage_config["skullstrip"],
+           "factor": int(np.prod(stage_config["cascade"]["factors"]))}
+    splits = read_splits(args.results / "splits.tsv")
+    val = [s for s, part in splits.items() if part == "val"]
+    train_levels = [lr_tissue_level(*load_volume(next((args.results / "lr" / s).glob("x*.nii.gz"))))
+                    for s, part in splits.items() if part == "train"]
+    run["trained_level"] = float(np.median([v for v in train_levels if v is not None]))
+    print(f"# training LR tissue level {run['trained_level']:.3f}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for subject in val:
+            t1, affine = load_volume(args.results / "raw" / subject / "T1w.nii.gz")
+            raw_mask = load_volume(args.results / "raw" / subject / "brainmask.nii.gz")[0] > 0
+            for name, volume in variants(t1, raw_mask).items():
+                rows.append(score(subject, name, volume, raw_mask, affine, run, Path(tmp)))
+                print("\t".join(str(rows[-1][c]) for c in COLUMNS), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write("\t".join(COLUMNS) + "\n")
+        for row in rows:
+            fh.write("\t".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS) + "\n")
+
+
+if __name__ == "__main__":
+    main()
