@@ -21,7 +21,7 @@ HR like a test subject (interior PSNR gain over the spline). The
 ``warning`` column says whether ``mrisr super-resolve`` would warn about its
 intensity level: its LR's tissue level (``protocol.lr_tissue_level``)
 against the median of the run's training subjects' LR tissue levels, with
-``apply.INTENSITY_TOLERANCE``, as a checkpoint of this version records it.
+``apply.intensity_level_warning``, as a checkpoint of this version records it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mrisr import metrics, pipeline  # noqa: E402
-from mrisr.apply import INTENSITY_TOLERANCE, Cascade  # noqa: E402
+from mrisr.apply import Cascade, intensity_level_warning  # noqa: E402
 from mrisr.config import SamplingOptions  # noqa: E402
 from mrisr.data.degrade import upsample  # noqa: E402
 from mrisr.data.protocol import Acquisition, lr_tissue_level  # noqa: E402
@@ -78,7 +78,7 @@ def score(subject: str, name: str, t1: np.ndarray, raw_mask: np.ndarray, affine:
     sr, spline = metrics.scores(target, out, brain), metrics.scores(target, np.clip(upsample(low, run["factor"], 3),
                                                                                    0, 1), brain)
     level, trained = lr_tissue_level(low, lr_affine), run["trained_level"]
-    warning = level is not None and not trained / INTENSITY_TOLERANCE <= level <= trained * INTENSITY_TOLERANCE
+    warning = level is not None and intensity_level_warning(level, trained, str(lr)) is not None
     return {"subject": subject, "variant": name, "gain_interior": sr["psnr_interior"] - spline["psnr_interior"],
             "gain": sr["psnr"] - spline["psnr"], "psnr_interior": sr["psnr_interior"],
             "spline_psnr_interior": spline["psnr_interior"], "lr_tissue_level": float("nan") if level is None else level,

@@ -29,6 +29,16 @@ from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_s
 INTENSITY_TOLERANCE = 1.25  # a tissue level this many times off the training data's gets a warning
 
 
+def intensity_level_warning(level: float, trained: float, path: str) -> str | None:
+    """A warning (or None) when a scan's tissue level ``level`` is more than ``INTENSITY_TOLERANCE`` times above
+    or below the training data's ``trained``."""
+    if trained / INTENSITY_TOLERANCE <= level <= trained * INTENSITY_TOLERANCE:
+        return None
+    return (f"{path}: normalised, its brain's median intensity is {level:.2f}, against {trained:.2f} in the "
+            "model's training data; results may be poor (a contrast other than T1w, or a bright structure "
+            "inside the brain setting the intensity scale?)")
+
+
 @dataclass(frozen=True)
 class Cascade:
     """Loaded stage checkpoints, coarse to fine, checked against the sampling options they will run with."""
@@ -71,7 +81,7 @@ class Cascade:
 
     @property
     def lr_brain_median(self) -> float | None:
-        """The median of the training data's stage input inside the brain, when the checkpoint records it."""
+        """The training LRs' median tissue level (``protocol.lr_tissue_level``), when the checkpoint records it."""
         trained = self.stages[0].config.get("data", {}).get("lr_brain_median")
         return None if trained is None else float(trained)
 
@@ -82,13 +92,7 @@ class Cascade:
         either is unknown (no brain found on a grid of 6 mm or coarser; a checkpoint that records none)."""
         trained = self.lr_brain_median
         level = None if trained is None else lr_tissue_level(network_input, affine)
-        if level is None:
-            return None
-        if trained / INTENSITY_TOLERANCE <= level <= trained * INTENSITY_TOLERANCE:
-            return None
-        return (f"{path}: normalised, its brain's median intensity is {level:.2f}, against {trained:.2f} in the "
-                "model's training data; results may be poor (a contrast other than T1w, or a bright structure "
-                "inside the brain setting the intensity scale?)")
+        return None if level is None else intensity_level_warning(level, trained, path)
 
     def voxel_size_warning(self, affine: np.ndarray, path: str) -> str | None:
         """``io.check_voxel_size`` against the training LR (None when it matches or is not recorded)."""

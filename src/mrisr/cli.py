@@ -66,14 +66,12 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     from mrisr.apply import Cascade, Scan, apply_cascade
     from mrisr.device import pick_device
     from mrisr.io import save_volume
-    from mrisr.pipeline import check_sd_calibration
-
-    from mrisr.pipeline import read_sampling_settings, run_sampling_settings
+    from mrisr.pipeline import SAMPLING_SETTINGS, check_sd_calibration, read_sampling_settings, run_sampling_settings
 
     settings = run_sampling_settings(args.model)
     if settings is None:
         log.info("no %s beside %s: sampling with the schema's defaults and the options given",
-                 "sampling.json", args.model[-1])
+                 SAMPLING_SETTINGS, args.model[-1])
     else:
         log.info("sampling as the training run did (%s), where no option says otherwise", settings)
     options = sampling_options(args, None if settings is None else read_sampling_settings(settings))

@@ -196,8 +196,6 @@ def train(job: TrainJob, out_plot: str, nproc: int = 1, threads: int = 1, log_fi
         plot_loss_curve(job.run.log_tsv, out_plot, title=f"stage {job.run.stage + 1}")
 
 
-# What super_resolve can write beside the SR volume: the final stage's samples' sd (sampling.n_samples > 1),
-# its predictor alone and its first sample (predict, then refine).
 # The sampling settings a training run's inference used, beside its stage folders
 # (results/models/sampling.json): the workflow's super_resolve jobs read them from
 # there, and ``mrisr super-resolve`` takes them as its defaults, so both give the
@@ -245,6 +243,8 @@ def run_sampling_settings(checkpoints: Sequence[str]) -> Path | None:
     return None
 
 
+# What super_resolve can write beside the SR volume: the final stage's samples' sd (sampling.n_samples > 1),
+# its predictor alone and its first sample (predict, then refine).
 EXTRA_OUTPUTS = ("sd", "predictor", "sample")
 
 
