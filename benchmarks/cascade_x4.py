@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mrisr import metrics, pipeline  # noqa: E402
 from mrisr.config import SamplingOptions  # noqa: E402
-from mrisr.data.degrade import upsample  # noqa: E402
+from mrisr.data.degrade import Degradation, upsample  # noqa: E402
 from mrisr.data.splits import read_splits  # noqa: E402
 from mrisr.inference import super_resolve  # noqa: E402
 from mrisr.io import load_volume  # noqa: E402
@@ -80,8 +80,8 @@ def single_caches(results: Path, config: dict, subjects: list[str], work: Path) 
     for s in subjects:
         if not (out / s / "cache.json").exists():
             pipeline.cache_stage(str(results / "hr" / s / "T1w.nii.gz"), str(results / "lr" / s / "x4.nii.gz"),
-                                 str(results / "hr" / s / "brainmask.nii.gz"), [4], 0,
-                                 int(config["degrade"]["order"]), config["degrade"]["method"], str(out / s))
+                                 str(results / "hr" / s / "brainmask.nii.gz"), [4], 0, str(out / s),
+                                 Degradation.from_config(config["degrade"]))
     return out
 
 

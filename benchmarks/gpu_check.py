@@ -268,7 +268,7 @@ def check_sampling(model: torch.nn.Module, config: dict, volume: tuple[int, ...]
     param = Parameterization.from_diffusion(config["diffusion"])
     predictor = (predictor_from_config(section("predictor", config.get("predictor", {})), factor).to(device).eval()
                  if param.cond_channels == 2 else None)
-    stage = Stage(model=model, config=config, stage=0, factor=factor, path=Path("untrained"), param=param,
+    stage = Stage(model=model, config=config, stage=0, factor=(factor,) * 3, path=Path("untrained"), param=param,
                   predictor=predictor)  # an untrained predictor costs what a trained one does
     lr = synthetic_pair(tuple(n // factor for n in volume), 0).target
     base = SamplingOptions.from_mapping(config["sampling"])

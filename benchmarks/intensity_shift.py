@@ -70,8 +70,8 @@ def score(subject: str, name: str, t1: np.ndarray, raw_mask: np.ndarray, affine:
     strip = run["skullstrip"]
     pipeline.skullstrip(str(raw), str(hr), str(hr_mask), strip["margin_mm"], run["factor"], strip["percentile"],
                         str(mask_path), Acquisition(run["factor"], normalise=strip["normalise"]))
-    pipeline.make_lr(str(hr), str(lr), run["factor"], 3, "spline", raw_t1=str(raw), percentile=strip["percentile"],
-                     normalise=strip["normalise"])
+    pipeline.make_lr(str(hr), str(lr), Acquisition(run["factor"], normalise=strip["normalise"]), raw_t1=str(raw),
+                     percentile=strip["percentile"])
     target, brain = load_volume(hr)[0], load_volume(hr_mask)[0] > 0
     low, lr_affine = load_volume(lr)
     out = super_resolve(low, run["cascade"].stages, run["sampling"], log=lambda m: None)[-1].mean

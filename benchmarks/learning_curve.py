@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mrisr import metrics  # noqa: E402
 from mrisr.config import SamplingOptions  # noqa: E402
-from mrisr.data.degrade import upsample  # noqa: E402
+from mrisr.data.degrade import factor_label, upsample  # noqa: E402
 from mrisr.data.splits import read_splits  # noqa: E402
 from mrisr.device import pick_device  # noqa: E402
 from mrisr.inference import load_stage, super_resolve_stage  # noqa: E402
@@ -81,7 +81,7 @@ def score_subject(stage, results: Path, subject: str, default: SamplingOptions, 
     factor = stage.factor
     hr, _ = load_volume(results / "hr" / subject / "T1w.nii.gz")
     mask = load_volume(results / "hr" / subject / "brainmask.nii.gz")[0] > 0
-    lr, _ = load_volume(results / "lr" / subject / f"x{factor}.nii.gz")
+    lr, _ = load_volume(results / "lr" / subject / f"x{factor_label(factor)}.nii.gz")
     spline = metrics.scores(hr, upsample(lr, factor, int(stage.config["degrade"]["order"])), mask)
     rows = []
 

@@ -77,7 +77,7 @@ def subject_pair(t1: np.ndarray, mask: np.ndarray, affine: np.ndarray, work: Pat
     save_volume(raw_mask, mask, affine, dtype=np.uint8)
     hr, hr_mask, lr = work / "hr.nii.gz", work / "mask.nii.gz", work / "lr.nii.gz"
     pipeline.skullstrip(str(raw), str(hr), str(hr_mask), 4.0, 2, 99.5, str(raw_mask), Acquisition(2, normalise="brain"))
-    pipeline.make_lr(str(hr), str(lr), 2, 3, "spline", raw_t1=str(raw), normalise="brain")
+    pipeline.make_lr(str(hr), str(lr), Acquisition(2, normalise="brain"), raw_t1=str(raw))
     return stage_pair(load_volume(hr)[0], load_volume(lr)[0], load_volume(hr_mask)[0] > 0, [2], 0)
 
 

@@ -151,3 +151,21 @@ def test_train_settings_are_one_typed_object_with_the_schemas_defaults_validated
         TrainSettings.from_section("predictor", {"loss": "l2"})
     with pytest.raises(ConfigError, match=r"train\.steps"):
         TrainSettings.from_section("train", {"steps": 0})
+
+
+def test_thick_slice_config_is_the_demo_with_thick_slices_along_one_axis():
+    """config/thick_slice.yaml: the demo's recipe on slice-profile LRs, x4 along the third axis only, its
+    patches divisible by the factor along every axis; a bad per-axis factor is refused by the schema."""
+    from snakemake.exceptions import WorkflowError
+
+    from mrisr.diffusion.cascade import total_factor
+
+    config = merged("config.yaml", "thick_slice.yaml")
+    assert config["degrade"]["method"] == "slice" and total_factor(config["cascade"]["factors"]) == (1, 1, 4)
+    demo = merged("config.yaml")
+    assert {k: v for k, v in config.items() if k not in ("degrade", "cascade")} == \
+        {k: v for k, v in demo.items() if k not in ("degrade", "cascade")}
+    assert all(config[s]["patch_size"] % 4 == 0 for s in ("predictor", "train"))
+    for bad in ([[1, 1]], [[1, 1, 1]], [[0, 1, 4]], [1]):
+        with pytest.raises(WorkflowError):
+            validate({**demo, "cascade": {"factors": bad}}, str(SCHEMA))

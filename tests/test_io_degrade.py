@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 
 import nibabel as nib
@@ -120,6 +119,11 @@ def test_downsample_rejects_bad_input():
         downsample(np.zeros((5, 6, 6)), 2)
     with pytest.raises(ValueError, match="positive integer"):
         downsample(np.zeros((6, 6, 6)), 1.5)
+    with pytest.raises(ValueError, match="not divisible by the scale factor 1x1x4"):
+        downsample(np.zeros((6, 6, 6)), (1, 1, 4))
+    for bad in [(1, 2), (1, 0, 4), (1, 1, 2.5)]:
+        with pytest.raises(ValueError, match="one per axis"):
+            downsample(np.zeros((8, 8, 8)), bad)
 
 
 def test_downsample_mask_majority():
@@ -204,8 +208,84 @@ def test_gaussian_attenuates_a_sinusoid_by_the_psf_transfer_function():
     assert gain < 0.95  # the attenuation is measurable, not within the tolerance
 
 
-@pytest.mark.parametrize("method", ["spline", "gaussian", "kspace"])
+@pytest.mark.parametrize("method", ["spline", "gaussian", "kspace", "slice"])
 def test_every_degradation_keeps_a_constant_and_refuses_unknown_names(method):
     np.testing.assert_allclose(downsample(np.full((8, 8, 8), 0.4), 2, method=method), 0.4, atol=1e-6)
     with pytest.raises(ValueError, match="unknown degradation 'box'"):
         downsample(np.zeros((4, 4, 4)), 2, method="box")
+
+
+@pytest.mark.parametrize("method", ["spline", "gaussian", "kspace"])
+def test_a_per_axis_factor_of_equal_entries_gives_the_isotropic_result_to_the_last_digit(method):
+    rng = np.random.default_rng(1)
+    hr = rng.random((12, 16, 8)).astype(np.float32)
+    np.testing.assert_array_equal(downsample(hr, (2, 2, 2), method=method), downsample(hr, 2, method=method))
+    lr = downsample(hr, 2)
+    np.testing.assert_array_equal(upsample(lr, [2, 2, 2]), upsample(lr, 2))
+    np.testing.assert_array_equal(downsample_affine(OBLIQUE, (3, 3, 3)), downsample_affine(OBLIQUE, 3))
+    np.testing.assert_array_equal(upsample_affine(OBLIQUE, (3, 3, 3)), upsample_affine(OBLIQUE, 3))
+    mask = hr > 0.5
+    np.testing.assert_array_equal(downsample_mask(mask, (2, 2, 2)), downsample_mask(mask, 2))
+
+
+@pytest.mark.parametrize("method", ["spline", "gaussian", "kspace", "slice"])
+def test_a_thick_axis_is_degraded_alone_and_its_affine_lies_over_the_source(method):
+    """(1, 1, 4): every line along the first two axes is untouched where the volume does not vary along them."""
+    n, f = 32, 4
+    line = np.cos(2 * np.pi * 3 * np.arange(n) / n)
+    hr = np.broadcast_to(line, (6, 5, n)) * np.linspace(0.5, 1.0, 6)[:, None, None]
+    lr = downsample(hr, (1, 1, f), method=method)
+    assert lr.shape == (6, 5, n // f)
+    # in-plane the volume is untouched: each thick slice is the in-plane image times one number
+    np.testing.assert_allclose(lr / lr[-1:, :, :], (hr[:, :, :n // f] / hr[-1:, :, :n // f]), atol=1e-5)
+    lr_affine = downsample_affine(OBLIQUE, (1, 1, f))
+    np.testing.assert_allclose(voxel_sizes(lr_affine), voxel_sizes(OBLIQUE) * [1, 1, f])
+    block_centre = OBLIQUE[:3, :3] @ np.array([2.0, 3.0, f * 5 + (f - 1) / 2]) + OBLIQUE[:3, 3]
+    np.testing.assert_allclose(lr_affine[:3, :3] @ np.array([2.0, 3.0, 5.0]) + lr_affine[:3, 3], block_centre)
+    np.testing.assert_allclose(upsample_affine(lr_affine, (1, 1, f)), OBLIQUE, atol=1e-12)
+    assert upsample(lr, (1, 1, f), order=3).shape == hr.shape
+
+
+def _slice_cosine(n: int, f: int, k0: int, profile) -> tuple[np.ndarray, np.ndarray]:
+    """A cosine of k0 periods along the third axis through the slice method, and the slice centres."""
+    hr = np.broadcast_to(np.cos(2 * np.pi * k0 * np.arange(n) / n), (3, 3, n))
+    lr = downsample(hr, (1, 1, f), method="slice", profile=profile)[1, 1]
+    return lr, f * np.arange(n // f) + (f - 1) / 2
+
+
+def test_a_rectangular_slice_averages_its_voxels_and_attenuates_by_the_dirichlet_kernel():
+    from mrisr.data.degrade import SliceProfile, slice_weights
+
+    n, f, k0 = 64, 4, 3
+    weights = slice_weights(n, f, SliceProfile("rect"))
+    np.testing.assert_allclose(weights[2, 8:12], 1 / f)  # slice 2 covers fine voxels 8..11, nothing else
+    assert weights[2].sum() == pytest.approx(1) and np.count_nonzero(weights[2]) == f
+    lr, centres = _slice_cosine(n, f, k0, SliceProfile("rect"))
+    w = 2 * np.pi * k0 / n
+    gain = np.sin(f * w / 2) / (f * np.sin(w / 2))  # the mean of f samples of a cosine (a Dirichlet kernel)
+    np.testing.assert_allclose(lr, gain * np.cos(w * centres), atol=1e-12)
+    assert gain < 0.95
+
+
+def test_a_gaussian_slice_attenuates_by_its_transfer_function_and_a_gap_narrows_it():
+    from mrisr.data.degrade import SliceProfile
+
+    n, f, k0 = 128, 4, 9
+    w = 2 * np.pi * k0 / n
+    for gap in (0.0, 0.5):
+        lr, centres = _slice_cosine(n, f, k0, SliceProfile("gaussian", gap))
+        sd = f * (1 - gap) / (2 * np.sqrt(2 * np.log(2)))  # FWHM = the slice thickness
+        # the profile integrated over each fine voxel: the Gaussian's transfer function times the voxel box's
+        gain = np.exp(-0.5 * (sd * w) ** 2) * np.sin(w / 2) / (w / 2)
+        inner = slice(3, -3)  # rows cut by the volume's edge are renormalised
+        np.testing.assert_allclose(lr[inner], gain * np.cos(w * centres)[inner], atol=1e-6)
+        assert gain < 0.9 if gap == 0 else gain > 0.9  # a thinner slice keeps more
+
+
+def test_the_slice_profile_is_validated():
+    from mrisr.data.degrade import SliceProfile
+
+    with pytest.raises(ValueError, match="unknown slice profile 'cone'"):
+        SliceProfile("cone")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        SliceProfile("rect", gap=1.0)

@@ -33,8 +33,8 @@ def _prepare(tmp_path, t1, mask, protocol: str, factor: int = 2, normalise: str 
     files = {k: str(tmp_path / f"{protocol}_{k}.nii.gz") for k in ("hr", "mask", "lr")}
     acquisition = Acquisition(factor, 3, "spline", normalise) if protocol == "acquisition" else None
     pipeline.skullstrip(str(raw), files["hr"], files["mask"], 3.0, factor, 99.5, str(raw_mask), acquisition)
-    pipeline.make_lr(files["hr"], files["lr"], factor, 3, "spline",
-                     raw_t1=str(raw) if protocol == "acquisition" else None, normalise=normalise)
+    pipeline.make_lr(files["hr"], files["lr"], Acquisition(factor, 3, "spline", normalise),
+                     raw_t1=str(raw) if protocol == "acquisition" else None)
     return {k: load_volume(p) for k, p in files.items()}
 
 

@@ -22,7 +22,7 @@ from mrisr.data.degrade import downsample, downsample_affine, upsample
 from mrisr.config import SamplingOptions
 from mrisr.diffusion.schedule import make_schedule, sampling_schedule
 from mrisr.io import save_volume
-from mrisr.metrics import read_metrics, write_metrics
+from mrisr.metrics import write_metrics
 from mrisr.report import build, figures, page, provenance, slices, tables
 from report_html import check_report_matches_metrics, decode_data_uri, parse_report
 

@@ -34,9 +34,9 @@ def residual_config(config):
 
 
 def test_stage_grids_and_pairs():
-    assert total_factor([2, 3]) == 6
+    assert total_factor([2, 3]) == (6, 6, 6)
     grids = stage_grids([2, 3])
-    assert [(g.input_factor, g.output_factor) for g in grids] == [(6, 3), (3, 1)]
+    assert [(g.input_factor, g.output_factor) for g in grids] == [((6,) * 3, (3,) * 3), ((3,) * 3, (1,) * 3)]
     hr, mask = _volumes(0, (12, 12, 12))
     from mrisr.data.degrade import downsample
 
@@ -48,6 +48,28 @@ def test_stage_grids_and_pairs():
     np.testing.assert_array_equal(second.target, hr)
     with pytest.raises(ValueError, match="integers >= 2"):
         total_factor([2, 1])
+    with pytest.raises(ValueError, match="one >= 2"):
+        total_factor([[1, 1, 1]])
+
+
+def test_per_axis_stage_grids_and_pairs_follow_each_axis():
+    """A thick-slice cascade [[1, 1, 2], [1, 2, 2]]: grids multiply axis by axis; pairs land on each stage's grid."""
+    from mrisr.data.degrade import downsample
+
+    assert total_factor([[1, 1, 2], [1, 2, 2]]) == (1, 2, 4)
+    grids = stage_grids([[1, 1, 2], [1, 2, 2]])
+    assert [(g.factor, g.input_factor, g.output_factor) for g in grids] == [
+        ((1, 1, 2), (1, 2, 4), (1, 2, 2)), ((1, 2, 2), (1, 2, 2), (1, 1, 1))]
+    hr, mask = _volumes(0, (8, 12, 16))
+    lr = downsample(hr, (1, 2, 4), method="slice")
+    first = stage_pair(hr, lr, mask, [[1, 1, 2], [1, 2, 2]], 0, method="slice")
+    assert first.cond.shape == first.target.shape == first.mask.shape == (8, 6, 8)
+    second = stage_pair(hr, lr, mask, [[1, 1, 2], [1, 2, 2]], 1, method="slice")
+    np.testing.assert_array_equal(second.target, hr)
+    iso = stage_pair(hr[:8, :8, :8], downsample(hr[:8, :8, :8], 2), mask[:8, :8, :8], [2], 0)
+    same = stage_pair(hr[:8, :8, :8], downsample(hr[:8, :8, :8], 2), mask[:8, :8, :8], [[2, 2, 2]], 0)
+    for a, b in zip((iso.cond, iso.target, iso.mask), (same.cond, same.target, same.mask)):
+        np.testing.assert_array_equal(a, b)  # isotropic as a three-vector: the same to the last digit
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +147,7 @@ def test_data_consistency_reproduces_the_lr_volume():
     hr, _ = _volumes(7)
     lr = downsample(hr, 2)
     guess = np.full_like(hr, hr.mean())
-    fixed = data_consistency(guess, lr, 2, 3, iterations=10)
+    fixed = data_consistency(guess, lr, 2, iterations=10)
     before = np.abs(downsample(guess, 2) - lr).mean()
     after = np.abs(downsample(fixed, 2) - lr).mean()
     assert after < 0.05 * before

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import math
 import os
 import re
 import shutil

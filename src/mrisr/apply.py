@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mrisr.config import ConfigError, SamplingOptions, check_combinations
-from mrisr.data.degrade import upsample_affine
+from mrisr.data.degrade import grid_factor, upsample_affine
 from mrisr.data.protocol import lr_tissue_level, normalise_scan
 from mrisr.inference import CheckpointError, Stage, load_cascade, super_resolve
 from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_size, load_volume, voxel_sizes
@@ -70,8 +70,9 @@ class Cascade:
         return str(stored.get("normalise", "field_of_view")), float(stored.get("percentile", 99.5))
 
     @property
-    def factor(self) -> int:
-        return int(np.prod([s.factor for s in self.stages]))
+    def factor(self) -> tuple[int, int, int]:
+        """The whole cascade's factor per axis."""
+        return tuple(int(np.prod(axis)) for axis in zip(*(s.factor for s in self.stages)))  # type: ignore[return-value]
 
     @property
     def lr_voxel_size_mm(self) -> list[float] | None:
@@ -132,7 +133,7 @@ class AppliedScan:
     sr: np.ndarray
     sd: np.ndarray | None  # the samples' per-voxel sd, with several samples
     affine: np.ndarray
-    factor: int
+    factor: tuple[int, int, int]  # per axis
     scale: float  # the scan was divided by this for the network, and the output multiplied back
     warning: str | None  # the voxel-size warning, if any
     intensity_warning: str | None = None  # the intensity-level warning, if any
@@ -169,7 +170,7 @@ def apply_cascade(
             warn(message)
     outputs = super_resolve(network_input, list(cascade.stages), options, log=log, progress=progress)
     final = outputs[-1]
-    factor = final.mean.shape[0] // scan.data.shape[0]
+    factor = grid_factor(scan.data.shape, final.mean.shape)
     # The masked protocol's HR is the brain alone: nothing outside the scan's brain, whatever the network
     # (whose loss sees the brain only) puts there.
     keep = 1.0 if cascade.protocol == "acquisition" else _on_finer_grid(scan.brain, factor)
@@ -180,8 +181,8 @@ def apply_cascade(
     )
 
 
-def _on_finer_grid(mask: np.ndarray, factor: int) -> np.ndarray:
-    """A mask on the grid ``factor`` times finer: each voxel repeated ``factor`` times along every axis."""
-    for axis in range(3):
-        mask = np.repeat(mask, factor, axis=axis)
+def _on_finer_grid(mask: np.ndarray, factor: Sequence[int]) -> np.ndarray:
+    """A mask on the grid ``factor`` times finer: each voxel repeated its axis's factor times along it."""
+    for axis, f in enumerate(factor):
+        mask = np.repeat(mask, f, axis=axis)
     return mask

@@ -20,7 +20,6 @@ import argparse
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import mrisr
@@ -64,6 +63,7 @@ def sampling_options(args: argparse.Namespace, defaults: Mapping[str, Any] | Non
 def super_resolve_scan(args: argparse.Namespace) -> None:
     """Everything ``mrisr super-resolve`` does; raises on bad input before writing anything."""
     from mrisr.apply import Cascade, Scan, apply_cascade
+    from mrisr.data.degrade import factor_label
     from mrisr.device import pick_device
     from mrisr.io import save_volume
     from mrisr.pipeline import SAMPLING_SETTINGS, check_sd_calibration, read_sampling_settings, run_sampling_settings
@@ -93,7 +93,8 @@ def super_resolve_scan(args: argparse.Namespace) -> None:
     if args.sd:
         save_volume(args.sd, out.sd if fitted is None else fitted.apply(out.sd), out.affine)
     save_volume(args.output, out.sr, out.affine)
-    log.info("%s -> %s: x%d, %s -> %s", args.input, args.output, out.factor, scan.data.shape, out.sr.shape)
+    log.info("%s -> %s: x%s, %s -> %s", args.input, args.output, factor_label(out.factor), scan.data.shape,
+             out.sr.shape)
 
 
 def _super_resolve(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ import numpy as np
 import mrisr
 from mrisr.config import SamplingOptions
 from mrisr.data.bids import dataset_description, write_json
+from mrisr.data.degrade import factor_json, factor_label
+from mrisr.diffusion.cascade import total_factor
 from mrisr.io import check_contrast, file_sha256, load_volume, save_volume, voxel_sizes
 from mrisr.metrics import SdCalibration
 from mrisr.pipeline import brain_mask_of, read_sd_calibration
@@ -50,9 +52,9 @@ class ApplyFiles:
     sd_calibration: str | None = None
 
 
-def checkpoint_records(paths: Sequence[str], factors: Sequence[int]) -> list[dict[str, Any]]:
-    """The checkpoints as a sidecar lists them: path, SHA-256, stage (1-based), factor."""
-    return [{"Path": str(p), "SHA256": file_sha256(p), "Stage": k + 1, "Factor": int(f)}
+def checkpoint_records(paths: Sequence[str], factors: Sequence) -> list[dict[str, Any]]:
+    """The checkpoints as a sidecar lists them: path, SHA-256, stage (1-based), factor (``factor_json``)."""
+    return [{"Path": str(p), "SHA256": file_sha256(p), "Stage": k + 1, "Factor": factor_json(f)}
             for k, (p, f) in enumerate(zip(paths, factors))]
 
 
@@ -70,10 +72,12 @@ def calibration_fields(path: str | None) -> tuple[SdCalibration | None, dict[str
     }
 
 
-def _sr_fields(records: list[dict], options: SamplingOptions, factor: int, voxel: Sequence[float]) -> dict[str, Any]:
-    """The sidecar fields every SR derivative has: how it was made and on what grid."""
+def _sr_fields(records: list[dict], options: SamplingOptions, factor: int | Sequence[int],
+               voxel: Sequence[float]) -> dict[str, Any]:
+    """The sidecar fields every SR derivative has: how it was made and on what grid (``ScaleFactor``: an
+    integer, or one per voxel axis for a thick-slice model)."""
     return {
-        "Checkpoints": records, "Sampling": options.to_dict(), "ScaleFactor": int(factor),
+        "Checkpoints": records, "Sampling": options.to_dict(), "ScaleFactor": factor_json(factor),
         "VoxelSize": [round(float(v), 6) for v in voxel],
         "Software": {"Name": "mrisr", "Version": mrisr.__version__},
     }
@@ -107,7 +111,8 @@ def apply_scan(files: ApplyFiles, checkpoints: Sequence[str], sampling: Sampling
         "IntensityPercentile": cascade.normalisation[1] if percentile is None else percentile,
         "IntensityScale": out.scale,
     }
-    units = f"in the input's intensity units, on a grid ×{out.factor} finer whose affine lies exactly over the input"
+    units = (f"in the input's intensity units, on a grid ×{factor_label(out.factor)} finer whose affine lies "
+             "exactly over the input")
     if files.sd is not None:
         fitted, calibration = calibration_fields(files.sd_calibration)
         save_volume(files.sd, out.sd if fitted is None else fitted.apply(out.sd), out.affine)
@@ -116,7 +121,7 @@ def apply_scan(files: ApplyFiles, checkpoints: Sequence[str], sampling: Sampling
     save_volume(files.sr, out.sr, out.affine)
     write_json(sidecar_path(files.sr), fields | {"Description": (
         f"Super-resolved T1w (mrisr, {sampling.estimate} estimate of a diffusion cascade), {units}")})
-    log.info("%s -> %s: x%d, %s -> %s, %s", files.scan, files.sr, out.factor, scan.data.shape, out.sr.shape,
+    log.info("%s -> %s: x%s, %s -> %s, %s", files.scan, files.sr, factor_label(out.factor), scan.data.shape, out.sr.shape,
              sampling.describe())
 
 
@@ -157,17 +162,17 @@ class HeldOutFiles:
 
 
 def export_test_subject(inputs: HeldOutFiles, out: ApplyFiles, out_mask: str, checkpoints: Sequence[str],
-                        factors: Sequence[int], sampling: SamplingOptions, sources: Sequence[str]) -> None:
+                        factors: Sequence, sampling: SamplingOptions, sources: Sequence[str]) -> None:
     """Write a training run's test subject (``inputs``) as the derivatives apply mode writes (``out``,
     ``out_mask``), on the workflow's cropped grid and normalised intensity scale, which the sidecars say."""
     sr, affine = load_volume(inputs.sr)
     lr, lr_affine = load_volume(inputs.lr)
     mask, mask_affine = load_volume(inputs.mask)
-    factor = int(np.prod(factors))
+    factor = total_factor(factors)
     fields = _sr_fields(checkpoint_records(checkpoints, factors), sampling, factor, voxel_sizes(affine))
     fields |= {"Sources": list(sources), "SkullStripped": False,
                "InputVoxelSize": [round(float(v), 6) for v in voxel_sizes(lr_affine)]}
-    made = (f"from the simulated LR (×{factor}) of a training run's test subject, on the workflow's grid cropped "
+    made = (f"from the simulated LR (×{factor_label(factor)}) of a training run's test subject, on the workflow's grid cropped "
             "around the brain and its normalised intensity scale (the training run's skullstrip.normalise)")
     if inputs.sd is not None and out.sd is not None:
         sd, sd_affine = load_volume(inputs.sd)  # already calibrated by the training run (calibrate_sd)

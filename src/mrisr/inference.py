@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from mrisr.config import SamplingOptions
-from mrisr.data.degrade import downsample, upsample
+from mrisr.data.degrade import Degradation, factor_label, upsample
 from mrisr.device import autocast, pick_device
 from mrisr.diffusion import analytic
-from mrisr.diffusion.cascade import run_cascade
+from mrisr.diffusion.cascade import run_cascade, stage_grids
 from mrisr.diffusion.nets import UNet, unet_from_config
 from mrisr.diffusion.parameterization import Parameterization
 from mrisr.diffusion.predictor import (
@@ -36,7 +36,7 @@ class Stage:
     model: UNet
     config: dict
     stage: int
-    factor: int
+    factor: tuple[int, int, int]  # per axis
     path: Path
     param: Parameterization  # what the network's output means (the config's diffusion section)
     x0_mse: dict | None = None  # the x0 prediction's error by timestep (mrisr.diffusion.analytic)
@@ -96,7 +96,7 @@ def load_stage(path: str | Path, device: torch.device) -> Stage:
     param = Parameterization.from_diffusion(config["diffusion"])
     model = unet_from_config(config["model"], cond_channels=param.cond_channels)
     _load_weights(model, payload["ema"], path, "the model in its config")
-    factor = int(config["cascade"]["factors"][stage])
+    factor = stage_grids(config["cascade"]["factors"])[stage].factor
     predictor = None
     if param.target == "predictor_residual":
         if "predictor" not in payload:
@@ -115,11 +115,12 @@ def _load_weights(model: torch.nn.Module, weights: dict, path: Path, what: str) 
         raise CheckpointError(f"{path}: weights do not fit {what} ({err})") from None
 
 
-def _pad_to(volume: np.ndarray, minimum: int, divisor: int, align: int = 1) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Edge-pad the spatial sides of (C, *S) so each is >= minimum and divisible by divisor, by a multiple of
-    ``align`` before (a predictor's LR grid keeps its phase); return the spatial crop back."""
+def _pad_to(volume: np.ndarray, minimum: int, divisor: Sequence[int],
+            align: Sequence[int] = (1, 1, 1)) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Edge-pad the spatial sides of (C, *S) so each is >= minimum and divisible by its axis's divisor, by a
+    multiple of its ``align`` before (a predictor's LR grid keeps its phase); return the spatial crop back."""
     pads, crop = [(0, 0)], []
-    for side in volume.shape[1:]:
+    for side, divisor, align in zip(volume.shape[1:], divisor, align):
         target = max(side, minimum)
         target = int(math.ceil(target / divisor) * divisor)
         before = (target - side) // 2 // align * align
@@ -139,15 +140,16 @@ class StageOutput:
     sample: np.ndarray | None = None  # the first sample
 
 
-def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int, order: int, iterations: int,
-                     method: str = "spline") -> np.ndarray:
-    """Iterative back-projection (Irani & Peleg 1991) with the workflow's own degradation (``method``).
+def data_consistency(estimate: np.ndarray, observed: np.ndarray, factor: int | Sequence[int], iterations: int,
+                     degradation: Degradation = Degradation()) -> np.ndarray:
+    """Iterative back-projection (Irani & Peleg 1991) with the workflow's own ``degradation``.
 
     Repeats estimate += upsample(observed - downsample(estimate)) so that the
     estimate, degraded as the LR volume was, reproduces the LR volume.
     """
     for _ in range(iterations):
-        estimate = estimate + upsample(observed - downsample(estimate, factor, order, method), factor, order)
+        residual = observed - degradation.downsample(estimate, factor)
+        estimate = estimate + upsample(residual, factor, degradation.order)
     return estimate
 
 
@@ -241,7 +243,7 @@ def load_predictor(path: str | Path, device: torch.device) -> tuple[ShuffleResNe
     if payload.get("network") != "predictor":
         raise CheckpointError(f"{path}: not a predictor checkpoint")
     config, stage = payload["config"], int(payload["stage"])
-    model = predictor_from_config(config["predictor"], int(config["cascade"]["factors"][stage]))
+    model = predictor_from_config(config["predictor"], stage_grids(config["cascade"]["factors"])[stage].factor)
     _load_weights(model, payload["ema"], path, "the predictor in its config")
     return model.to(device).eval(), predictor_flips(config)
 
@@ -292,9 +294,9 @@ def super_resolve_stage(
         return StageOutput(mean=np.clip(g, 0.0, 1.0), sd=None, predictor=np.clip(g, 0.0, 1.0))
     sampler = _StageSampler.build(stage, options)
     channels = np.stack([cond_np] if g is None else [cond_np, g])
-    divisor = math.lcm(stage.model.divisor, stage.factor)
+    divisor = [math.lcm(stage.model.divisor, f) for f in stage.factor]
     padded, crop = _pad_to(channels, min(options.patch_size, max(cond_np.shape)), divisor,
-                           stage.factor if g is not None else 1)
+                           stage.factor if g is not None else (1, 1, 1))
     flips = FLIPS if options.flip_ensemble else ((),)
     draws = [sampler.draw(padded, crop, flips[k % len(flips)], generator, progress) for k in range(options.n_samples)]
     samples = np.stack([d[0] for d in draws])
@@ -303,8 +305,8 @@ def super_resolve_stage(
     else:
         mean = (samples if options.estimate == "sample_mean" else np.stack([d[1] for d in draws])).mean(axis=0)
     if options.data_consistency:
-        mean = data_consistency(mean, volume, stage.factor, order, options.data_consistency,
-                                stage.config["degrade"].get("method", "spline"))
+        mean = data_consistency(mean, volume, stage.factor, options.data_consistency,
+                                Degradation.from_config(stage.config["degrade"]))
     sd = samples.std(axis=0).astype(np.float32) if len(draws) > 1 and not stage.regression else None
     return StageOutput(mean=np.clip(mean, 0.0, 1.0).astype(np.float32), sd=sd,
                        predictor=None if g is None else np.clip(g, 0.0, 1.0), sample=samples[0])
@@ -346,8 +348,9 @@ def super_resolve(
 
     def runner(stage: Stage) -> Callable[[np.ndarray], np.ndarray]:
         def run(volume: np.ndarray) -> np.ndarray:
-            fine = tuple(s * stage.factor for s in volume.shape)
-            log(f"stage {stage.stage}: x{stage.factor}, {volume.shape} -> {fine}, {options.describe()} on {dev}")
+            fine = tuple(s * f for s, f in zip(volume.shape, stage.factor))
+            log(f"stage {stage.stage}: x{factor_label(stage.factor)}, {volume.shape} -> {fine}, "
+                f"{options.describe()} on {dev}")
             step_progress = None
             if progress is not None:
                 step_progress = lambda i, n: progress(stage.stage, len(stages), i, n)  # noqa: E731

@@ -18,7 +18,9 @@ import numpy as np
 from mrisr import metrics
 from mrisr.config import SamplingOptions
 from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
-from mrisr.data.degrade import downsample, downsample_affine, upsample, upsample_affine
+from mrisr.data.degrade import (
+    Degradation, downsample_affine, factor_label, grid_factor, upsample, upsample_affine,
+)
 from mrisr.data.local import LocalScan
 from mrisr.data.protocol import (
     Acquisition, acquired_lr, aligned_box, box_start, crop_normalised, lr_scale, lr_tissue_level,
@@ -46,10 +48,10 @@ def fetch(subject: str, config: Mapping[str, Any], out_t1: str, out_mask: str | 
 
 def skullstrip(
     raw_t1: str, out_t1: str, out_mask: str,
-    margin_mm: float, multiple: int, percentile: float,
+    margin_mm: float, multiple: int | Sequence[int], percentile: float,
     raw_mask: str | None = None, acquisition: Acquisition | None = None,
 ) -> None:
-    """Find the brain, crop to it (sides divisible by ``multiple``), normalise to [0, 1] (``data.protocol``).
+    """Find the brain, crop to it (sides divisible by ``multiple``, per axis), normalise to [0, 1] (``data.protocol``).
 
     The mask is the source's (``raw_mask``) when it ships one, otherwise
     estimated from the T1 (``data.brain_extraction``). Either way it is written
@@ -73,8 +75,8 @@ def skullstrip(
         hr, box_affine = crop_normalised(t1, affine, start, shape, scale)
         box_mask = crop_or_pad((mask > 0).astype(np.uint8), affine, start, shape)[0]
         where = "brain found on" if normalise == "brain" else "field of view of"
-        log.info("%s: whole head kept; intensity scale %.4g (the %gth percentile of the %s its x%d LR)",
-                 raw_t1, scale, percentile, where, acquisition.factor)
+        log.info("%s: whole head kept; intensity scale %.4g (the %gth percentile of the %s its x%s LR)",
+                 raw_t1, scale, percentile, where, factor_label(acquisition.factor))
     save_volume(out_mask, box_mask, box_affine, dtype=np.uint8)
     save_volume(out_t1, hr, box_affine)
     log.info("%s -> %s: cropped to %s, brain %.1f %% of the box", raw_t1, out_t1, hr.shape, 100 * box_mask.mean())
@@ -106,33 +108,34 @@ def brain_mask_of(t1: np.ndarray, affine: np.ndarray, raw_t1: str, raw_mask: str
                         f"{found.erosion_mm:g} mm erosion, {found.volume_ml:.0f} mL)")
 
 
-def make_lr(hr_path: str, out_path: str, factor: int, order: int, method: str,
-            raw_t1: str | None = None, percentile: float = 99.5, normalise: str = "brain") -> None:
+def make_lr(hr_path: str, out_path: str, acquisition: Acquisition, raw_t1: str | None = None,
+            percentile: float = 99.5) -> None:
     """The LR volume; its file carries the coarse affine (``data.protocol``).
 
     With ``raw_t1`` (the acquisition protocol): the raw whole-head volume
-    degraded over its field of view by ``factor`` with ``method``, scaled by
-    its ``percentile`` (of its own brain or field of view: ``normalise``) and
-    cropped to the HR volume's box. Without (the seed's
-    masked protocol): the HR volume itself degraded.
+    degraded over its field of view as ``acquisition`` says (factor per axis,
+    method, order, slice profile), scaled by its ``percentile`` (of its own
+    brain or field of view: ``acquisition.normalise``) and cropped to the HR
+    volume's box. Without (the seed's masked protocol): the HR volume itself degraded.
     """
     hr, affine = load_volume(hr_path)
+    factor = acquisition.factor
     if raw_t1 is None:
-        lr, lr_affine = downsample(hr, factor, order, method), downsample_affine(affine, factor)
+        lr, lr_affine = acquisition.degradation.downsample(hr, factor), downsample_affine(affine, factor)
     else:
         t1, raw_affine = load_volume(raw_t1)
         start = box_start(raw_affine, affine)
-        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, Acquisition(factor, order, method, normalise),
-                                       percentile, raw_t1)
+        lr, lr_affine, _ = acquired_lr(t1, raw_affine, start, hr.shape, acquisition, percentile, raw_t1)
         if not np.allclose(lr_affine, downsample_affine(affine, factor), atol=1e-4):
             raise ValueError(f"{out_path}: the LR grid does not lie over the HR volume {hr_path}")
     save_volume(out_path, lr, lr_affine)
-    log.info("%s -> %s: x%d by %s (order %d, %s protocol), %s -> %s", raw_t1 or hr_path, out_path, factor, method,
-             order, "acquisition" if raw_t1 else "masked", hr.shape, lr.shape)
+    log.info("%s -> %s: x%s by %s (order %d, %s protocol), %s -> %s", raw_t1 or hr_path, out_path,
+             factor_label(factor), acquisition.method, acquisition.order, "acquisition" if raw_t1 else "masked",
+             hr.shape, lr.shape)
 
 
-def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[int], stage: int,
-                order: int, method: str, out_dir: str) -> None:
+def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence, stage: int, out_dir: str,
+                degradation: Degradation = Degradation()) -> None:
     """Write one subject's training pair of ``stage`` (0-based) to ``out_dir`` (``training.cache``)."""
     from mrisr.diffusion.cascade import stage_pair
     from mrisr.training.cache import write_stage_cache
@@ -141,7 +144,7 @@ def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence[in
     lr, lr_affine = load_volume(lr_path)
     mask, mask_affine = load_volume(mask_path)
     check_same_grid(mask, mask_affine, mask_path, hr, hr_affine, hr_path)
-    pair = stage_pair(hr, lr, mask > 0, factors, stage, int(order), method)
+    pair = stage_pair(hr, lr, mask > 0, factors, stage, degradation.order, degradation.method, degradation.profile)
     info = write_stage_cache(pair, out_dir, voxel_sizes(lr_affine), lr_tissue_level(lr, lr_affine))
     log.info("%s: stage %d training pair %s, brain box %s..%s", out_dir, stage + 1, info.shape, *info.brain_box)
 
@@ -271,10 +274,9 @@ def super_resolve(
     if len(out_stages) != len(outputs):
         raise ValueError(f"{len(out_stages)} stage outputs named for a {len(outputs)}-stage cascade")
     for path, out in zip(out_stages, outputs):
-        factor = round(out.mean.shape[0] / lr.shape[0])
-        save_volume(path, out.mean, upsample_affine(affine, factor))
+        save_volume(path, out.mean, upsample_affine(affine, grid_factor(lr.shape, out.mean.shape)))
     final = outputs[-1]
-    factor = round(final.mean.shape[0] / lr.shape[0])
+    factor = grid_factor(lr.shape, final.mean.shape)
     needs = {"sd": "sampling.n_samples > 1", "predictor": "a predict-and-refine model",
              "sample": "a diffusion sample (sampling.n_samples > 1 with the predictor's estimate)"}
     for name, path in extra.items():
@@ -283,15 +285,15 @@ def super_resolve(
             raise ValueError(f"{path}: the model's last stage gives no {name} here (it needs {needs[name]})")
         save_volume(path, volume, upsample_affine(affine, factor))
     save_volume(out_sr, final.mean, upsample_affine(affine, factor))
-    log.info("%s -> %s: x%d, %s -> %s", lr_path, out_sr, factor, lr.shape, final.mean.shape)
+    log.info("%s -> %s: x%s, %s -> %s", lr_path, out_sr, factor_label(factor), lr.shape, final.mean.shape)
 
 
-def baseline(lr_path: str, factor: int, order: int, out_path: str) -> None:
+def baseline(lr_path: str, factor: int | Sequence[int], order: int, out_path: str) -> None:
     """Spline interpolation of the LR volume onto the HR grid (the baseline SR is measured against)."""
     lr, affine = load_volume(lr_path)
     up = np.clip(upsample(lr, factor, order), 0.0, 1.0)
     save_volume(out_path, up, upsample_affine(affine, factor))
-    log.info("%s -> %s: spline order %d, x%d", lr_path, out_path, order, factor)
+    log.info("%s -> %s: spline order %d, x%s", lr_path, out_path, order, factor_label(factor))
 
 
 def evaluate(

@@ -70,7 +70,7 @@ def qc_inputs(wildcards):
 def held_out_files(wildcards):
     """A training run's test subject as export_derivatives reads it: LR, SR, sd map, brain mask."""
     subject = scan_subject(wildcards)
-    files = {"lr": rules.make_lr.output.lr.format(subject=subject, factor=FACTOR),
+    files = {"lr": rules.make_lr.output.lr.format(subject=subject, factor=FACTOR_LABEL),
              "sr": SR_OUTPUTS["sr"].format(subject=subject),
              "mask": rules.skullstrip.output.mask.format(subject=subject)}
     if "sd" in SR_OUTPUTS:

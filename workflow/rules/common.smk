@@ -15,6 +15,7 @@ from mrisr.config import ApplySettings, SamplingOptions, check_combinations
 from mrisr.data.bids import STEM_PATTERN
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
+from mrisr.data.degrade import factor_label
 from mrisr.diffusion.cascade import stage_grids, total_factor
 from mrisr.pipeline import SAMPLING_SETTINGS, inference_sampling
 
@@ -48,7 +49,10 @@ TRAIN_SUBJECTS = [s for s, v in SPLIT.items() if v == "train"]
 VAL_SUBJECTS = [s for s, v in SPLIT.items() if v == "val"]
 TEST_SUBJECTS = [s for s, v in SPLIT.items() if v == "test"]
 FACTORS = config["cascade"]["factors"]
-FACTOR = total_factor(FACTORS)
+FACTOR = total_factor(FACTORS)  # per axis
+FACTOR_LABEL = factor_label(FACTOR)  # in the LR's file name: x2, or x1x1x4 per axis
+# The slice method's profile (data/degrade.py), given to every rule that degrades.
+SLICE_PROFILE = {"slice_profile": config["degrade"]["slice_profile"], "slice_gap": config["degrade"]["slice_gap"]}
 ACQUISITION = config["degrade"]["protocol"] == "acquisition"  # else the seed's masked protocol (data/protocol.py)
 STAGES = [g.stage + 1 for g in stage_grids(FACTORS)]  # 1-based in file names
 def canonical(value):
@@ -109,7 +113,7 @@ wildcard_constraints:
     scan=STEM_PATTERN,
     name=r"[a-z0-9][a-z0-9_]*",
     stage=r"\d+",
-    factor=r"\d+",
+    factor=r"\d+(x\d+x\d+)?",
 
 
 def source_mask_output():
@@ -156,7 +160,7 @@ def diffusion_training_inputs(wildcards):
 
 def subject_lr(wildcards):
     """A subject's LR volume at the cascade's total factor."""
-    return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR)
+    return expand(rules.make_lr.output.lr, subject=wildcards.subject, factor=FACTOR_LABEL)
 
 
 def stage_index(wildcards):

@@ -45,6 +45,7 @@ rule skullstrip:
         protocol=config["degrade"]["protocol"],
         order=config["degrade"]["order"],
         method=config["degrade"]["method"],
+        **SLICE_PROFILE,
     log:
         "results/logs/skullstrip/{subject}.log",
     conda:

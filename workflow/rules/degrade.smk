@@ -13,6 +13,7 @@ rule make_lr:
     params:
         order=config["degrade"]["order"],
         method=config["degrade"]["method"],
+        **SLICE_PROFILE,
         percentile=config["skullstrip"]["percentile"],
         normalise=config["skullstrip"]["normalise"],
     log:

@@ -17,6 +17,7 @@ rule cache_stage:
         factors=FACTORS,
         order=config["degrade"]["order"],
         method=config["degrade"]["method"],
+        **SLICE_PROFILE,
     log:
         "results/logs/cache_stage/stage{stage}_{subject}.log",
     conda:

@@ -2,7 +2,10 @@ from pathlib import Path
 
 from _adapter import run_stage
 
+from mrisr.data.degrade import Degradation, SliceProfile
 from mrisr.pipeline import cache_stage
+
+params = snakemake.params
 
 run_stage(
     snakemake,
@@ -12,7 +15,6 @@ run_stage(
     mask_path=snakemake.input.mask,
     factors=snakemake.params.factors,
     stage=snakemake.params.stage,
-    order=snakemake.params.order,
-    method=snakemake.params.method,
     out_dir=str(Path(snakemake.output.info).parent),
+    degradation=Degradation(params.order, params.method, SliceProfile(params.slice_profile, params.slice_gap)),
 )

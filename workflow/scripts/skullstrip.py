@@ -1,5 +1,6 @@
 from _adapter import run_stage
 
+from mrisr.data.degrade import SliceProfile
 from mrisr.data.protocol import Acquisition
 from mrisr.pipeline import skullstrip
 
@@ -14,6 +15,7 @@ run_stage(
     margin_mm=snakemake.params.margin_mm,
     multiple=snakemake.params.multiple,
     percentile=snakemake.params.percentile,
-    acquisition=(Acquisition(params.multiple, params.order, params.method, params.normalise)
+    acquisition=(Acquisition(params.multiple, params.order, params.method, params.normalise,
+                             SliceProfile(params.slice_profile, params.slice_gap))
                  if params.protocol == "acquisition" else None),
 )

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrisr.data.brain_extraction import BrainExtractionError, extract_brain
-from mrisr.data.degrade import downsample, downsample_affine
+from mrisr.data.degrade import Degradation, SliceProfile, as_factor3, downsample_affine, factor_label
 from mrisr.data.skullstrip import brain_box
 from mrisr.io import VolumeError, crop_or_pad
 
@@ -43,18 +43,23 @@ NORMALISATIONS = ("brain", "field_of_view")
 
 @dataclass(frozen=True)
 class Acquisition:
-    """The degradation a scan goes through (total factor, spline order, method: ``data.degrade``), and where
-    its intensity scale is read on the LR (``normalise``: ``lr_scale``)."""
+    """The degradation a scan goes through (total factor per axis, spline order, method and slice profile:
+    ``data.degrade``), and where its intensity scale is read on the LR (``normalise``: ``lr_scale``)."""
 
-    factor: int
+    factor: int | tuple[int, int, int]
     order: int = 3
     method: str = "spline"
     normalise: str = "brain"
+    profile: SliceProfile = SliceProfile()
+
+    @property
+    def degradation(self) -> Degradation:
+        return Degradation(self.order, self.method, self.profile)
 
     def lr_of_field_of_view(self, t1: np.ndarray) -> np.ndarray:
         """The whole field of view degraded, after zero-padding its sides to multiples of the factor."""
-        pad = [(0, (-n) % self.factor) for n in t1.shape]
-        return downsample(np.pad(t1.astype(np.float32), pad), self.factor, self.order, self.method)
+        pad = [(0, (-n) % f) for n, f in zip(t1.shape, as_factor3(self.factor))]
+        return self.degradation.downsample(np.pad(t1.astype(np.float32), pad), self.factor)
 
 
 # Normalised intensities below this are background or partial volume at the brain's edge, not tissue:
@@ -105,11 +110,13 @@ def lr_scale(lr: np.ndarray, lr_affine: np.ndarray, percentile: float, normalise
     return scale
 
 
-def aligned_box(mask: np.ndarray, affine: np.ndarray, margin_mm: float, factor: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``skullstrip.brain_box`` with its start moved down and its end up to multiples of ``factor``."""
+def aligned_box(mask: np.ndarray, affine: np.ndarray, margin_mm: float,
+                factor: int | tuple[int, int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``skullstrip.brain_box`` with its start moved down and its end up to multiples of ``factor`` (per axis)."""
     start, shape = brain_box(mask, affine, margin_mm, factor)
-    lo = [int(math.floor(s / factor) * factor) for s in start]
-    hi = [int(math.ceil((s + n) / factor) * factor) for s, n in zip(start, shape)]
+    f3 = as_factor3(factor)
+    lo = [int(math.floor(s / f) * f) for s, f in zip(start, f3)]
+    hi = [int(math.ceil((s + n) / f) * f) for s, n, f in zip(start, shape, f3)]
     return tuple(lo), tuple(h - low for h, low in zip(hi, lo))
 
 
@@ -125,13 +132,15 @@ def acquired_lr(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The LR of the HR box at ``hr_start`` (raw voxels) of size ``hr_shape``: normalised, its affine, the scale
     (``lr_scale`` of the whole field of view's LR)."""
-    f = acquisition.factor
-    if any(s % f for s in (*hr_start, *hr_shape)):
-        raise ValueError(f"HR box start {hr_start} and shape {hr_shape} are not multiples of the factor {f}")
+    f = as_factor3(acquisition.factor)
+    if any(s % k for s, k in zip(hr_start, f)) or any(n % k for n, k in zip(hr_shape, f)):
+        raise ValueError(f"HR box start {hr_start} and shape {hr_shape} are not multiples of the factor "
+                         f"{factor_label(f)}")
     lr = acquisition.lr_of_field_of_view(t1)
     lr_affine = downsample_affine(affine, f)
     scale = lr_scale(lr, lr_affine, percentile, acquisition.normalise, path)
-    out, box_affine = crop_normalised(lr, lr_affine, [s // f for s in hr_start], [n // f for n in hr_shape], scale)
+    out, box_affine = crop_normalised(lr, lr_affine, [s // k for s, k in zip(hr_start, f)],
+                                      [n // k for n, k in zip(hr_shape, f)], scale)
     return out, box_affine, scale
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import Sequence
+
 import numpy as np
 
+from mrisr.data.degrade import as_factor3
 from mrisr.io import crop_or_pad, normalise_intensity, voxel_sizes
 
 
@@ -25,17 +28,19 @@ class StrippedVolume:
 
 
 def brain_box(
-    mask: np.ndarray, affine: np.ndarray, margin_mm: float, multiple: int
+    mask: np.ndarray, affine: np.ndarray, margin_mm: float, multiple: int | Sequence[int]
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(start, shape) of the mask's bounding box grown by ``margin_mm`` and to sides divisible by ``multiple``.
+    """(start, shape) of the mask's bounding box grown by ``margin_mm`` and to sides divisible by ``multiple``
+    (one for all axes, or one per axis).
 
     Growth to the multiple is split evenly on both sides, so the brain stays centred.
     """
     if not mask.any():
         raise ValueError("brain mask is empty")
     margin = np.ceil(margin_mm / voxel_sizes(affine)).astype(int)
+    multiples = as_factor3(multiple)
     start, shape = [], []
-    for axis in range(3):
+    for axis, multiple in enumerate(multiples):
         other = tuple(a for a in range(3) if a != axis)
         hits = np.flatnonzero(mask.any(axis=other))
         lo, hi = int(hits[0]) - margin[axis], int(hits[-1]) + 1 + margin[axis]
@@ -51,7 +56,7 @@ def skullstrip_with_mask(
     mask: np.ndarray,
     affine: np.ndarray,
     margin_mm: float = 4.0,
-    multiple: int = 1,
+    multiple: int | Sequence[int] = 1,
     percentile: float = 99.5,
 ) -> StrippedVolume:
     """Apply a brain mask, crop to the brain (``brain_box``) and normalise (``io.normalise_intensity``)."""

@@ -9,10 +9,11 @@ misses, x_0 - g(LR).
 ``ShuffleResNet`` is g. Its input is the stage's condition (the spline-
 upsampled LR, on the stage's output grid), which it folds back onto the LR
 grid without losing a voxel (space-to-depth, ``pixel_unshuffle_3d``: f^3
-channels per LR voxel); an EDSR-style body (Lim et al. 2017: residual blocks
-of conv-ReLU-conv without normalisation, a constant residual scale) works
-there, at 1/f^3 of the voxels of the output grid, and a last convolution
-gives f^3 channels that depth-to-space (``pixel_shuffle_3d``, the 3D
+channels per LR voxel at factor f, a b c at a per-axis factor (a, b, c));
+an EDSR-style body (Lim et al. 2017: residual blocks of conv-ReLU-conv
+without normalisation, a constant residual scale) works there, at 1/f^3 of
+the voxels of the output grid, and a last convolution gives f^3 channels
+that depth-to-space (``pixel_shuffle_3d``, the 3D
 sub-pixel convolution of Shi et al. 2016) turns into the output grid. The
 output is added to the condition (global residual learning, VDSR: Kim et al.
 2016), so an untrained g (its last layer starts at zero) is the spline.
@@ -20,6 +21,7 @@ output is added to the condition (global residual learning, VDSR: Kim et al.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -27,30 +29,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrisr.data.degrade import as_factor3, factor_label
 from mrisr.device import autocast
+from mrisr.diffusion.cascade import stage_grids
 
 MIRRORINGS = tuple(tuple(d for d in range(3) if k >> d & 1) for k in range(8))  # the 8 mirrorings of a volume
 
 
-def pixel_unshuffle_3d(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(N, C, f D, f H, f W) -> (N, C f^3, D, H, W): each f^3 block of voxels becomes channels."""
+def pixel_unshuffle_3d(x: torch.Tensor, factor: int | Sequence[int]) -> torch.Tensor:
+    """(N, C, a D, b H, c W) -> (N, C a b c, D, H, W) for ``factor`` (a, b, c), or f for all three: each block
+    of voxels becomes channels."""
     n, c, d, h, w = x.shape
-    f = int(factor)
-    if d % f or h % f or w % f:
-        raise ValueError(f"spatial shape {(d, h, w)} is not divisible by the factor {f}")
-    x = x.reshape(n, c, d // f, f, h // f, f, w // f, f)
-    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(n, c * f**3, d // f, h // f, w // f)
+    a, b, e = as_factor3(factor)
+    if d % a or h % b or w % e:
+        raise ValueError(f"spatial shape {(d, h, w)} is not divisible by the factor {factor_label((a, b, e))}")
+    x = x.reshape(n, c, d // a, a, h // b, b, w // e, e)
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(n, c * a * b * e, d // a, h // b, w // e)
 
 
-def pixel_shuffle_3d(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(N, C f^3, D, H, W) -> (N, C, f D, f H, f W): the inverse of ``pixel_unshuffle_3d``."""
+def pixel_shuffle_3d(x: torch.Tensor, factor: int | Sequence[int]) -> torch.Tensor:
+    """(N, C a b c, D, H, W) -> (N, C, a D, b H, c W): the inverse of ``pixel_unshuffle_3d``."""
     n, cf, d, h, w = x.shape
-    f = int(factor)
-    if cf % f**3:
-        raise ValueError(f"{cf} channels are not a multiple of factor^3 = {f ** 3}")
-    c = cf // f**3
-    x = x.reshape(n, c, f, f, f, d, h, w)
-    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(n, c, d * f, h * f, w * f)
+    a, b, e = as_factor3(factor)
+    cells = a * b * e
+    if cf % cells:
+        raise ValueError(f"{cf} channels are not a multiple of the {cells} voxels of a {factor_label((a, b, e))} block")
+    c = cf // cells
+    x = x.reshape(n, c, a, b, e, d, h, w)
+    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(n, c, d * a, h * b, w * e)
 
 
 class _Block(nn.Module):
@@ -74,13 +80,13 @@ class ShuffleResNet(nn.Module):
     -> (N, 1, *S).
     """
 
-    def __init__(self, factor: int = 2, channels: int = 32, blocks: int = 4, cond_channels: int = 1,
-                 res_scale: float = 1.0) -> None:
+    def __init__(self, factor: int | Sequence[int] = 2, channels: int = 32, blocks: int = 4,
+                 cond_channels: int = 1, res_scale: float = 1.0) -> None:
         super().__init__()
-        if factor < 1 or channels < 1 or blocks < 0:
-            raise ValueError(f"factor {factor}, channels {channels} and blocks {blocks} must be positive")
-        self.factor = int(factor)
-        cells = self.factor**3
+        if channels < 1 or blocks < 0:
+            raise ValueError(f"channels {channels} and blocks {blocks} must be positive")
+        self.factor = as_factor3(factor)  # per axis
+        cells = math.prod(self.factor)
         self.head = nn.Conv3d(cond_channels * cells, channels, 3, padding=1)
         self.body = nn.Sequential(*[_Block(channels, res_scale) for _ in range(blocks)])
         self.tail = nn.Conv3d(channels, cells, 3, padding=1)
@@ -88,8 +94,8 @@ class ShuffleResNet(nn.Module):
         nn.init.zeros_(self.tail.bias)
 
     @property
-    def divisor(self) -> int:
-        """Spatial sides must be multiples of this."""
+    def divisor(self) -> tuple[int, int, int]:
+        """Spatial sides must be multiples of this, per axis."""
         return self.factor
 
     @property
@@ -103,7 +109,7 @@ class ShuffleResNet(nn.Module):
         return cond[:, :1] + pixel_shuffle_3d(self.tail(h), self.factor)
 
 
-def predictor_from_config(predictor: Mapping, factor: int) -> ShuffleResNet:
+def predictor_from_config(predictor: Mapping, factor: int | Sequence[int]) -> ShuffleResNet:
     """The predictor of one cascade stage from the config's ``predictor`` section."""
     return ShuffleResNet(factor=factor, channels=int(predictor["channels"]), blocks=int(predictor["blocks"]),
                          res_scale=float(predictor.get("res_scale", 1.0)))
@@ -119,7 +125,7 @@ def predict_volume(model: ShuffleResNet, cond: torch.Tensor, chunk: int = 32) ->
     its memory: a 0.7 mm HCP volume's 32 feature maps on the LR grid alone
     take 340 MB.
     """
-    f, n = model.factor, cond.shape[2]
+    f, n = model.factor[0], cond.shape[2]
     step, halo = chunk * f, model.radius * f
     outs = []
     for start in range(0, n, step):
@@ -151,6 +157,6 @@ def predictor_flips(config: Mapping) -> tuple[tuple[int, ...], ...]:
 def predictor_from_payload(payload: Mapping) -> ShuffleResNet:
     """A trained predictor from its checkpoint payload (``config``, ``stage``, ``ema``), in eval mode on the CPU."""
     config, stage = payload["config"], int(payload["stage"])
-    model = predictor_from_config(config["predictor"], int(config["cascade"]["factors"][stage]))
+    model = predictor_from_config(config["predictor"], stage_grids(config["cascade"]["factors"])[stage].factor)
     model.load_state_dict(payload["ema"])
     return model.eval()

@@ -22,6 +22,7 @@ import mrisr.report.page as page
 import mrisr.report.provenance as provenance
 import mrisr.report.slices as slices
 import mrisr.report.tables as tables
+from mrisr.data.degrade import factor_label
 from mrisr.io import atomic_path, load_volume
 from mrisr.report.figures import write_bytes
 
@@ -38,7 +39,7 @@ def qc_volumes(scan: tuple[np.ndarray, np.ndarray], sr: tuple[np.ndarray, np.nda
     images = {"LR": slices.nearest_to_grid(lr_ras, sr_ras.shape) / scale, "SR": sr_ras / scale}
     maps = {} if sd is None else {"SR": slices.to_ras(*sd)[0] / scale}
     head = images["SR"] > HEAD_FRACTION
-    return slices.Volumes(images, maps, head, spacing, sr_ras.shape[0] / lr_ras.shape[0],
+    return slices.Volumes(images, maps, head, spacing, slices.ratio_label(sr_ras.shape, lr_ras.shape),
                           map_title="sd of the {} samples", map_label="sd of the samples (display scale)")
 
 
@@ -93,7 +94,7 @@ def _sidecars(inputs: ApplyReportInputs) -> dict[str, dict]:
 
 
 def lead_html(sidecars: Mapping[str, Mapping], trained_mm: Sequence[float] | None) -> str:
-    factors = sorted({int(s["ScaleFactor"]) for s in sidecars.values()})
+    factors = sorted({factor_label(s["ScaleFactor"]) for s in sidecars.values()})
     warned = [n for n, s in sidecars.items() if s.get("VoxelSizeWarning")]
     trained = f"{'×'.join(f'{v:g}' for v in trained_mm)} mm" if trained_mm else "not recorded in the checkpoint"
     return (f'<p class="lead">{len(sidecars)} scan{"s" if len(sidecars) != 1 else ""} super-resolved '

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import yaml
 
+from mrisr.data.degrade import factor_label
+from mrisr.diffusion.cascade import total_factor
 from mrisr.metrics import INTERIOR_EROSION
 from mrisr.report.provenance import LockCheck
 from mrisr.report.tables import BASELINE, Cost, MethodSummary, Stats, TrainingSummary, hms
@@ -379,7 +381,7 @@ def provenance_section(
     test_subjects: Sequence[str], environment: LockCheck,
 ) -> str:
     factors = config.get("cascade", {}).get("factors", [])
-    total = math.prod(factors) if factors else 1
+    total = factor_label(total_factor(factors)) if factors else "1"
     sampling = config.get("sampling", {})
     kv = [
         ("generated", esc(generated)),
@@ -388,7 +390,7 @@ def provenance_section(
         ("subjects", f"{counts['train']} train, {counts['val']} validation, {counts['test']} test "
                      f"(split by subject, seed {esc(config.get('split', {}).get('seed', '?'))})"),
         ("test subjects", esc(", ".join(test_subjects))),
-        ("scale", f"×{total} (cascade {' × '.join(str(f) for f in factors)})"),
+        ("scale", f"×{total} (cascade {' × '.join(factor_label(f) for f in factors)})"),
         ("sampler", f"{esc(sampling.get('method', '?'))}, {esc(sampling.get('steps', '?'))} steps, "
                     f"seed {esc(sampling.get('seed', '?'))}"),
         ("packages", ", ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())),

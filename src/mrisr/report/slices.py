@@ -46,7 +46,7 @@ class Volumes:
     errors: dict[str, np.ndarray]
     mask: np.ndarray
     spacing: np.ndarray
-    lr_factor: float
+    lr_factor: str  # how much finer HR is than LR: ``2``, or per (RAS) axis ``1x1x4``
     # How the colour-mapped columns are titled ({} is the key of ``errors``) and their colour bar labelled:
     # error maps here; apply mode's QC page shows the samples' sd instead (``report.apply``).
     map_title: str = "|{} − HR|"
@@ -104,7 +104,13 @@ def prepare_volumes(
         err = np.abs(np.clip(vol, 0.0, DATA_RANGE) - np.clip(hr_ras, 0.0, DATA_RANGE))
         errors[name] = np.where(mask_ras, err, 0.0).astype(np.float32)
     images["HR"] = hr_ras
-    return Volumes(images, errors, mask_ras, spacing, hr_ras.shape[0] / lr_ras.shape[0])
+    return Volumes(images, errors, mask_ras, spacing, ratio_label(hr_ras.shape, lr_ras.shape))
+
+
+def ratio_label(fine_shape: Sequence[int], coarse_shape: Sequence[int]) -> str:
+    """How much finer one grid is than another: ``2``, or per axis (``1x1x4``) where the axes differ."""
+    ratios = [n / m for n, m in zip(fine_shape, coarse_shape)]
+    return "x".join(f"{r:g}" for r in ratios) if len(set(ratios)) > 1 else f"{ratios[0]:g}"
 
 
 def centre_slices(mask: np.ndarray) -> dict[int, int]:
@@ -219,7 +225,7 @@ def slice_panel_figure(vols: Volumes, title: str = "", inset_size: float = 0.42,
                 spine.set_edgecolor(ZOOM_COLOUR)
                 spine.set_linewidth(1.2)
             if row == 0:
-                label = name if name != "LR" else f"LR (×{vols.lr_factor:g}, nearest)"
+                label = name if name != "LR" else f"LR (×{vols.lr_factor}, nearest)"
                 ax.set_title(label, fontsize=10)
             if col == 0:
                 ax.set_ylabel(f"{view} {index}", fontsize=10)
@@ -288,7 +294,7 @@ def sweep_frames(
             grey = (np.floor(grey / quantum) * quantum + quantum // 2) * (grey > 0)
             tile = Image.fromarray(grey.astype(np.uint8)).resize((out_w, out_h), Image.NEAREST)
             canvas.paste(tile, (k * (out_w + gap), header))
-            label = name if name != "LR" else f"LR x{vols.lr_factor:g}"
+            label = name if name != "LR" else f"LR x{vols.lr_factor}"
             draw.text((k * (out_w + gap) + 2, 1), label, fill=255, font=font)
         draw.text((canvas.width - 2, 1), f"{view} {index}", fill=170, font=font, anchor="ra")
         frames.append(canvas)

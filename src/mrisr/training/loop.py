@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 import mrisr
 from mrisr.config import TrainSettings
+from mrisr.data.degrade import factor_label
 from mrisr.device import autocast, pick_device
 from mrisr.diffusion import analytic
-from mrisr.diffusion.cascade import StagePair
-from mrisr.diffusion.cascade import stage_grids
+from mrisr.diffusion.cascade import StagePair, stage_grids
 from mrisr.diffusion.nets import unet_from_config
 from mrisr.diffusion.parameterization import Parameterization
 from mrisr.diffusion.predictor import predictor_from_config
@@ -213,7 +213,7 @@ class _ValidationBatch:
 
     @classmethod
     def draw(cls, volumes: Sequence[PatchSource], patch: int, n: int, seed: int, num_timesteps: int,
-             cond_names: Sequence[str] = ("cond",), align: int = 1) -> "_ValidationBatch":
+             cond_names: Sequence[str] = ("cond",), align: int | Sequence[int] = 1) -> "_ValidationBatch":
         gen = torch.Generator().manual_seed(seed)
         sampler = PatchSampler(volumes, patch, seed, cond_names=cond_names, align=align)
         cond, target = (torch.from_numpy(a) for a in sampler.batch(0, range(n)))
@@ -251,7 +251,7 @@ class TrainLoop:
         self.net = world.wrap(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=0.0)
         self.patch, self.batch, self.steps = settings.patch_size, settings.batch_size, settings.steps
-        if self.patch % self.model.divisor:
+        if not self.predictor and self.patch % self.model.divisor:  # the predictor's is checked below, per axis
             raise ValueError(f"train.patch_size {self.patch} must be divisible by {self.model.divisor}")
         if self.batch < world.size:
             raise ValueError(f"train.batch_size {self.batch} is smaller than the {world.size} training workers")
@@ -261,9 +261,10 @@ class TrainLoop:
         augment = CondAugment.from_mapping(settings.cond_augment) if run.stage > 0 else None
         # the predictor's batches carry the brain mask last, to weight its loss (``predictor_loss``)
         names = ("cond", "mask") if self.predictor else ("cond", "pred") if self.param.cond_channels == 2 else ("cond",)
-        align = getattr(self.model, "divisor", 1) if self.predictor else 1  # the predictor's LR grid
-        if self.predictor and (self.patch % align):
-            raise ValueError(f"predictor.patch_size {self.patch} must be divisible by the stage factor {align}")
+        align = self.model.divisor if self.predictor else 1  # the predictor's LR grid, per axis
+        if self.predictor and any(self.patch % a for a in align):
+            raise ValueError(f"predictor.patch_size {self.patch} must be divisible by the stage factor "
+                             f"{factor_label(align)} along every axis")
         self.sampler = PatchSampler(train, self.patch, seed, flip=settings.flip, augment=augment,
                                     cond_names=names, align=align)
         self.val = _ValidationBatch.draw(val, self.patch, settings.val_patches, seed + 1,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from mrisr.data.degrade import as_factor3
 from mrisr.resume import STOP_SIGNALS
 from mrisr.training.cache import PatchSource
 
@@ -69,19 +70,20 @@ class PatchSampler:
     drawn in the volume's brain box until one is inside the brain, so no list
     of brain voxels is ever made. The patch is the box of side ``patch_size``
     with that voxel at index ``patch_size // 2``; beyond the volume's edge it
-    reads zeros; with ``align`` its corner is moved down to a multiple of
-    ``align`` (a predictor on the LR grid sees each patch in the phase it
-    sees a volume in). With ``flip``, a patch pair is mirrored along a random subset
+    reads zeros; with ``align`` (one integer, or one per axis) its corner is
+    moved down to a multiple of ``align`` (a predictor on the LR grid sees
+    each patch in the phase it sees a volume in). With ``flip``, a patch pair is mirrored along a random subset
     of the three axes (the same for condition and target): the degradation
     commutes with mirroring, so this is label-preserving augmentation that
     also lets inference average over mirrored inputs (``sampling.flip_ensemble``).
     """
 
     def __init__(self, volumes: Sequence[PatchSource], patch_size: int, seed: int, flip: bool = False,
-                 augment: CondAugment | None = None, cond_names: Sequence[str] = ("cond",), align: int = 1) -> None:
+                 augment: CondAugment | None = None, cond_names: Sequence[str] = ("cond",),
+                 align: int | Sequence[int] = 1) -> None:
         if not volumes:
             raise ValueError("no training volumes")
-        self.align = int(align)  # patch corners on multiples of this: a predictor's LR grid keeps its phase
+        self.align = as_factor3(align)  # patch corners on multiples of this: a predictor's LR grid keeps its phase
         self.volumes, self.patch_size, self.seed, self.flip = list(volumes), patch_size, int(seed), flip
         self.augment = augment if augment is not None and augment.active else None
         self.cond_names = tuple(cond_names)  # the condition's channels: the spline, then g's output if read
@@ -98,9 +100,9 @@ class PatchSampler:
                 break
         else:
             raise ValueError(f"training volume {k}: no brain voxel found in {MAX_TRIES} draws in its brain box")
-        if self.align > 1:  # move the patch so that its corner lies on the LR grid's phase
+        if max(self.align) > 1:  # move the patch so that its corner lies on the LR grid's phase
             half = self.patch_size // 2
-            centre = tuple(int((c - half) // self.align * self.align + half) for c in centre)
+            centre = tuple(int((c - half) // a * a + half) for c, a in zip(centre, self.align))
         axes = tuple(int(a) for a in np.flatnonzero(rng.integers(0, 2, size=3))) if self.flip else ()
         if self.augment is None:  # no further draws: the stream without augmentation is unchanged
             return Pick(k, centre, axes)
