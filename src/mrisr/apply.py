@@ -5,8 +5,14 @@ checkpoint's ``degrade.protocol``: ``data.protocol.normalise_scan``),
 super-resolved (``inference.super_resolve``) and written back in the scan's
 own units on the grid ``factor`` times finer, whose affine
 (``degrade.upsample_affine``) puts it exactly over the scan in world space.
-A scan whose voxel size is far from the cascade's training LR gets a warning
-(``io.check_voxel_size``), and so does a scan whose brain, once normalised,
+A scan's voxel axes are matched to the cascade's geometry first
+(``matching_axis_order``): a thick-slice scan whose thick axis is another
+voxel axis than the model's is super-resolved with its axes transposed (no
+resampling) and transposed back; one whose shape matches no order (an
+isotropic scan for a thick-slice model, or the reverse) is refused, naming
+the file and both geometries. A scan whose voxel size is far from the
+cascade's training LR gets a warning (``io.check_voxel_size``), and so does
+a scan whose brain, once normalised,
 sits at another intensity level than the training data's
 (``Cascade.intensity_warning``); the caller shows them (stderr, a job's log,
 the QC page, the sidecar).
@@ -14,13 +20,15 @@ the QC page, the sidecar).
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from mrisr.config import ConfigError, SamplingOptions, check_combinations
-from mrisr.data.degrade import grid_factor, upsample_affine
+from mrisr.data.degrade import factor_label, grid_factor, upsample_affine
 from mrisr.data.protocol import lr_tissue_level, normalise_scan
 from mrisr.inference import CheckpointError, Stage, load_cascade, super_resolve
 from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_size, load_volume, voxel_sizes
@@ -37,6 +45,45 @@ def intensity_level_warning(level: float, trained: float, path: str) -> str | No
     return (f"{path}: normalised, its brain's median intensity is {level:.2f}, against {trained:.2f} in the "
             "model's training data; results may be poor (a contrast other than T1w, or a bright structure "
             "inside the brain setting the intensity scale?)")
+
+
+ANISOTROPY_TOLERANCE = 1.5  # a scan's voxel shape this many times off the model's, along an axis, is refused
+
+IDENTITY = (0, 1, 2)
+
+
+def _shape_text(voxel_mm: Sequence[float]) -> str:
+    return "x".join(f"{v:.3g}" for v in voxel_mm)
+
+
+def matching_axis_order(scan_mm: Sequence[float], factor: Sequence[int], trained_mm: Sequence[float] | None,
+                        path: str) -> tuple[int, int, int]:
+    """The order of a scan's voxel axes whose voxel shape matches the model's training LR.
+
+    Shapes are voxel sizes over the smallest (1x1x4 for 2x2x8 mm); the
+    model's is its training LR's when the checkpoint records it, else its
+    factor's (an isotropic HR). The order is the permutation of the scan's
+    axes closest to it (the sum of |log| ratios; the identity where it ties,
+    so any scan of an isotropic model keeps its axes). ``VolumeError`` naming
+    the file and both geometries when even that order is more than
+    ``ANISOTROPY_TOLERANCE`` off along an axis: a thick-slice model given an
+    isotropic scan, or an isotropic model given thick slices.
+    """
+    model = np.asarray(trained_mm if trained_mm is not None else factor, dtype=float)
+    model, scan = model / model.min(), np.asarray(scan_mm, dtype=float) / min(scan_mm)
+
+    def misfit(order: tuple[int, ...]) -> np.ndarray:
+        return np.abs(np.log(scan[list(order)] / model))
+
+    best = min(itertools.permutations(range(3)), key=lambda order: float(misfit(order).sum()))
+    if float(misfit(best).max()) > math.log(ANISOTROPY_TOLERANCE):
+        trained = f"LR voxels {_shape_text(trained_mm)} mm" if trained_mm is not None else "an isotropic HR"
+        raise VolumeError(
+            f"{path}: voxels of {_shape_text(scan_mm)} mm (shape {_shape_text(scan)}) match no axis order of "
+            f"the model's geometry: it super-resolves x{factor_label(factor)} from {trained} (shape "
+            f"{_shape_text(model)}); give it scans of that shape, or a model trained on them "
+            "(cascade.factors per axis: docs/thick-slice.md)")
+    return best  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -95,6 +142,10 @@ class Cascade:
         level = None if trained is None else lr_tissue_level(network_input, affine)
         return None if level is None else intensity_level_warning(level, trained, path)
 
+    def axis_order(self, affine: np.ndarray, path: str) -> tuple[int, int, int]:
+        """``matching_axis_order`` of a scan with this ``affine``."""
+        return matching_axis_order(voxel_sizes(affine), self.factor, self.lr_voxel_size_mm, path)
+
     def voxel_size_warning(self, affine: np.ndarray, path: str) -> str | None:
         """``io.check_voxel_size`` against the training LR (None when it matches or is not recorded)."""
         trained = self.lr_voxel_size_mm
@@ -125,6 +176,13 @@ class Scan:
             raise VolumeError(f"{mask_path}: the brain mask is empty")
         return cls(data if keep_head else np.where(brain, data, 0.0).astype(np.float32), brain, affine, str(path))
 
+    def transposed(self, order: Sequence[int]) -> "Scan":
+        """The same scan with its voxel axes in ``order`` (``np.transpose``), its affine's columns with them:
+        every voxel stays where it is in world space."""
+        order = list(order)
+        return Scan(np.transpose(self.data, order), np.transpose(self.brain, order), self.affine[:, [*order, 3]],
+                    self.path)
+
 
 @dataclass(frozen=True)
 class AppliedScan:
@@ -133,10 +191,11 @@ class AppliedScan:
     sr: np.ndarray
     sd: np.ndarray | None  # the samples' per-voxel sd, with several samples
     affine: np.ndarray
-    factor: tuple[int, int, int]  # per axis
+    factor: tuple[int, int, int]  # per axis of the scan
     scale: float  # the scan was divided by this for the network, and the output multiplied back
     warning: str | None  # the voxel-size warning, if any
     intensity_warning: str | None = None  # the intensity-level warning, if any
+    axis_order: tuple[int, int, int] = IDENTITY  # the order of the scan's axes the cascade saw them in
 
     @property
     def voxel_size_mm(self) -> list[float]:
@@ -156,28 +215,35 @@ def apply_cascade(
     ``warn`` receives the voxel-size warning before sampling starts, ``log``
     the cascade's progress lines, ``progress`` every reverse step.
     """
+    order = cascade.axis_order(scan.affine, scan.path)
+    seen = scan.transposed(order)  # the scan as the cascade sees it: its thick axis where the model's is
+    if order != IDENTITY:
+        log(f"{scan.path}: voxel axes taken in the order {list(order)} (transposed, not resampled) to match the "
+            "model's thick axis; the output is transposed back")
     if normalised:
-        network_input, scale = scan.data.astype(np.float32), 1.0
+        network_input, scale = seen.data.astype(np.float32), 1.0
     else:
         normalise, trained_percentile = cascade.normalisation
         percentile = trained_percentile if percentile is None else percentile
-        network_input, scale = normalise_scan(scan.data, scan.brain, scan.affine, percentile, scan.path,
+        network_input, scale = normalise_scan(seen.data, seen.brain, seen.affine, percentile, scan.path,
                                               cascade.protocol, normalise)
-    warning = cascade.voxel_size_warning(scan.affine, scan.path)
-    intensity = cascade.intensity_warning(network_input, scan.affine, scan.path)
+    warning = cascade.voxel_size_warning(seen.affine, scan.path)
+    intensity = cascade.intensity_warning(network_input, seen.affine, scan.path)
     for message in (warning, intensity):
         if message:
             warn(message)
-    outputs = super_resolve(network_input, list(cascade.stages), options, log=log, progress=progress)
-    final = outputs[-1]
-    factor = grid_factor(scan.data.shape, final.mean.shape)
+    final = super_resolve(network_input, list(cascade.stages), options, log=log, progress=progress)[-1]
+    back = [int(k) for k in np.argsort(order)]  # the scan's axis j is the seen volume's axis back[j]
+    seen_factor = grid_factor(seen.data.shape, final.mean.shape)
+    factor = tuple(seen_factor[k] for k in back)
     # The masked protocol's HR is the brain alone: nothing outside the scan's brain, whatever the network
     # (whose loss sees the brain only) puts there.
     keep = 1.0 if cascade.protocol == "acquisition" else _on_finer_grid(scan.brain, factor)
+    sr, sd = (None if v is None else np.transpose(v, back) for v in (final.mean, final.sd))
     return AppliedScan(
-        sr=final.mean * scale * keep, sd=None if final.sd is None else final.sd * scale * keep,
-        affine=upsample_affine(scan.affine, factor), factor=factor, scale=scale, warning=warning,
-        intensity_warning=intensity,
+        sr=sr * scale * keep, sd=None if sd is None else sd * scale * keep,
+        affine=upsample_affine(scan.affine, factor), factor=factor, scale=scale, warning=warning,  # type: ignore[arg-type]
+        intensity_warning=intensity, axis_order=order,
     )
 
 

@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--voxel-size", type=float, default=4.0,
                       help="isotropic voxel size in mm, 1 to 4 (default 4: the demo model's training LR)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the scans (default 1; the demo trains on 0)")
+    demo.add_argument("--thick-slice", type=int, default=1, metavar="F",
+                      help="thick-slice scans: slices F times the voxel size thick (a Gaussian slice profile) "
+                           "along --slice-axis; e.g. --voxel-size 2 --thick-slice 4 for the thick-slice demo model")
+    demo.add_argument("--slice-axis", type=int, default=2, choices=(0, 1, 2),
+                      help="the voxel axis the slices are thick along (default 2: axial slices)")
     demo.set_defaults(func=_demo_bids)
     _add_openneuro_subjects(sub)
     _add_hcp_subjects(sub)
@@ -247,7 +252,8 @@ def _demo_bids(args: argparse.Namespace) -> int:
     from mrisr.data.demo import write_demo_bids
 
     try:
-        files = write_demo_bids(args.output, args.subjects, args.voxel_size, args.seed)
+        files = write_demo_bids(args.output, args.subjects, args.voxel_size, args.seed, args.thick_slice,
+                                args.slice_axis)
     except ValueError as err:
         print(f"mrisr: error: {err}", file=sys.stderr)
         return 2

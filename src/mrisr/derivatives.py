@@ -107,6 +107,7 @@ def apply_scan(files: ApplyFiles, checkpoints: Sequence[str], sampling: Sampling
         "InputVoxelSize": [round(float(v), 6) for v in voxel_sizes(scan.affine)],
         "TrainingInputVoxelSize": cascade.lr_voxel_size_mm, "VoxelSizeWarning": out.warning,
         "IntensityWarning": out.intensity_warning,
+        "AxisOrder": list(out.axis_order),  # the input's voxel axes as the model saw them (thick-slice models)
         "NormalisationProtocol": cascade.protocol, "IntensityNormalisation": cascade.normalisation[0],
         "IntensityPercentile": cascade.normalisation[1] if percentile is None else percentile,
         "IntensityScale": out.scale,

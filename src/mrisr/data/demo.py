@@ -227,15 +227,26 @@ def demo_subject_index(subject: str) -> int:
     return int(subject[4:]) - 1
 
 
-def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed: int = 1) -> list:
+def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed: int = 1,
+                    thick_slice: int = 1, slice_axis: int = 2) -> list:
     """A small BIDS dataset of whole-head demo scans as acquired, for trying apply mode on scans no demo
     model saw (the template anatomy, under another ``seed`` than the training cohort's 0, so no person the
     real-anatomy demo trained on): ``sub-01``, ``sub-02`` ... at ``voxel_size_mm``;
-    every even-numbered subject has two sessions (``ses-1``, ``ses-2``). Returns the T1w files written."""
+    every even-numbered subject has two sessions (``ses-1``, ``ses-2``). With ``thick_slice`` > 1 the scans
+    are thick-slice acquisitions: slices ``thick_slice`` times thicker along voxel axis ``slice_axis`` (the
+    ``slice`` degradation, a Gaussian profile), with a sidecar giving SliceThickness and
+    SpacingBetweenSlices. Returns the T1w files written."""
     import json
     from pathlib import Path
 
+    from mrisr.data.bids import write_json
+    from mrisr.data.degrade import downsample_affine
+    from mrisr.data.protocol import Acquisition
     from mrisr.io import atomic_path, save_volume
+
+    if thick_slice < 1 or slice_axis not in (0, 1, 2):
+        raise ValueError(f"thick_slice must be >= 1 and slice_axis 0, 1 or 2, got {thick_slice} and {slice_axis}")
+    factor = tuple(thick_slice if axis == slice_axis else 1 for axis in range(3))
 
     root = Path(root)
     if n_subjects < 1:
@@ -252,5 +263,11 @@ def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed:
             prefix = f"sub-{number:02d}" + (f"_{session}" if session else "")
             folder = root / f"sub-{number:02d}" / (session or "") / "anat"
             written.append(folder / f"{prefix}_T1w.nii.gz")
-            save_volume(written[-1], sub.t1, sub.affine)
+            if thick_slice == 1:
+                save_volume(written[-1], sub.t1, sub.affine)
+                continue
+            thick = Acquisition(factor, method="slice").lr_of_field_of_view(sub.t1)
+            save_volume(written[-1], thick, downsample_affine(sub.affine, factor))
+            spacing = float(voxel_size_mm * thick_slice)
+            write_json(folder / f"{prefix}_T1w.json", {"SliceThickness": spacing, "SpacingBetweenSlices": spacing})
     return written
