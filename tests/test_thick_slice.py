@@ -83,6 +83,9 @@ def test_demo_bids_writes_thick_slice_scans(tmp_path):
     assert main(["demo-bids", str(tmp_path), "--subjects", "1", "--voxel-size", "2", "--thick-slice", "4"]) == 0
     data, affine = load_volume(tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     np.testing.assert_allclose(voxel_sizes(affine), [2.0, 2.0, 8.0])
+    mask, mask_affine = load_volume(tmp_path / "derivatives" / "masks" / "sub-01_desc-brain_mask.nii.gz")
+    assert mask.shape == data.shape and 0.1 < (mask > 0).mean() < 0.6
+    np.testing.assert_array_equal(mask_affine, affine)
     sidecar = json.loads((tmp_path / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
     assert sidecar["SliceThickness"] == pytest.approx(8.0) and sidecar["SpacingBetweenSlices"] == pytest.approx(8.0)
     assert main(["demo-bids", str(tmp_path / "x"), "--thick-slice", "4", "--slice-axis", "0", "--voxel-size", "2"]) == 0

@@ -24,6 +24,8 @@ from conftest import (
     REPO, TINY_CONFIG, assert_same_model, check_tiny_outputs, job_counts, run_snakemake, snakemake_cmd,
     train_reference,
 )
+from mrisr.data.degrade import downsample_affine
+from mrisr.io import load_volume
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +84,25 @@ def test_sd_calibration_can_be_turned_off(tmp_path):
     assert counts["super_resolve"] == 1 and counts["evaluate"] == 1
     assert not {"super_resolve_val", "fit_sd_calibration", "calibrate_sd"} & set(counts)
     assert "sd_uncalibrated" not in plan.stdout + plan.stderr and "sd.nii.gz" in plan.stdout + plan.stderr
+
+
+def test_a_thick_slice_config_makes_thick_slice_pairs_for_a_per_axis_cascade(tmp_path):
+    """cascade.factors [[1, 1, 2], [1, 1, 2]] with the slice degradation: the LR (x1x1x4) has 4x thicker slices
+    along the third axis, lies over the HR, and each stage's training pair is on its own grid."""
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    thick = tmp_path / "thick.yaml"
+    thick.write_text(yaml.safe_dump(tiny | {"degrade": tiny["degrade"] | {"method": "slice", "slice_gap": 0.2},
+                                            "cascade": {"factors": [[1, 1, 2], [1, 1, 2]]}}))
+    run_snakemake(tmp_path, "results/lr/demo01/x1x1x4.nii.gz", "results/cache/stage1/demo01/cache.json",
+                  "results/cache/stage2/demo01/cache.json", config=thick)
+    res = tmp_path / "results"
+    hr, hr_affine = load_volume(res / "hr" / "demo01" / "T1w.nii.gz")
+    lr, lr_affine = load_volume(res / "lr" / "demo01" / "x1x1x4.nii.gz")
+    assert lr.shape == (hr.shape[0], hr.shape[1], hr.shape[2] // 4)
+    np.testing.assert_allclose(lr_affine, downsample_affine(hr_affine, (1, 1, 4)), atol=1e-4)
+    for stage, side in ((1, hr.shape[2] // 2), (2, hr.shape[2])):
+        cond = np.load(res / "cache" / f"stage{stage}" / "demo01" / "cond.npy", mmap_mode="r")
+        assert cond.shape == (hr.shape[0], hr.shape[1], side)
 
 
 def test_end_to_end_outputs(tiny_run):

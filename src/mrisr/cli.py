@@ -20,6 +20,7 @@ import argparse
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import mrisr
@@ -258,6 +259,10 @@ def _demo_bids(args: argparse.Namespace) -> int:
         print(f"mrisr: error: {err}", file=sys.stderr)
         return 2
     print(f"{len(files)} T1w scans written under {args.output}", file=sys.stderr)
+    if args.thick_slice > 1:
+        from mrisr.data.demo import THICK_SLICE_MASKS
+
+        print(f"their brain masks: local.mask: {Path(args.output).resolve() / THICK_SLICE_MASKS}", file=sys.stderr)
     return 0
 
 

@@ -227,6 +227,10 @@ def demo_subject_index(subject: str) -> int:
     return int(subject[4:]) - 1
 
 
+# Where ``write_demo_bids`` puts thick-slice scans' brain masks, under the dataset's root (a local.mask pattern).
+THICK_SLICE_MASKS = "derivatives/masks/{subject}_desc-brain_mask.nii.gz"
+
+
 def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed: int = 1,
                     thick_slice: int = 1, slice_axis: int = 2) -> list:
     """A small BIDS dataset of whole-head demo scans as acquired, for trying apply mode on scans no demo
@@ -235,12 +239,14 @@ def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed:
     every even-numbered subject has two sessions (``ses-1``, ``ses-2``). With ``thick_slice`` > 1 the scans
     are thick-slice acquisitions: slices ``thick_slice`` times thicker along voxel axis ``slice_axis`` (the
     ``slice`` degradation, a Gaussian profile), with a sidecar giving SliceThickness and
-    SpacingBetweenSlices. Returns the T1w files written."""
+    SpacingBetweenSlices, and their brain masks (on the scan's grid: brain extraction refuses slices of
+    6 mm or more) under ``derivatives/masks/<scan>_desc-brain_mask.nii.gz``, for ``local.mask``
+    (``THICK_SLICE_MASKS``). Returns the T1w files written."""
     import json
     from pathlib import Path
 
     from mrisr.data.bids import write_json
-    from mrisr.data.degrade import downsample_affine
+    from mrisr.data.degrade import downsample_affine, downsample_mask
     from mrisr.data.protocol import Acquisition
     from mrisr.io import atomic_path, save_volume
 
@@ -268,6 +274,10 @@ def write_demo_bids(root, n_subjects: int = 3, voxel_size_mm: float = 4.0, seed:
                 continue
             thick = Acquisition(factor, method="slice").lr_of_field_of_view(sub.t1)
             save_volume(written[-1], thick, downsample_affine(sub.affine, factor))
+            pad = [(0, (-n) % f) for n, f in zip(sub.mask.shape, factor)]
+            mask = downsample_mask(np.pad(sub.mask > 0, pad), factor).astype(np.uint8)
+            save_volume(root / THICK_SLICE_MASKS.format(subject=prefix), mask, downsample_affine(sub.affine, factor),
+                        dtype=np.uint8)
             spacing = float(voxel_size_mm * thick_slice)
             write_json(folder / f"{prefix}_T1w.json", {"SliceThickness": spacing, "SpacingBetweenSlices": spacing})
     return written
