@@ -55,3 +55,18 @@ def test_sd_calibration_table_of_the_tiny_run(tiny_run, tmp_path):
     sd = nib.load(res / "sr" / test["subject"] / "sd.nii.gz").get_fdata()
     mask = nib.load(res / "hr" / test["subject"] / "brainmask.nii.gz").get_fdata() > 0
     assert float(test["rms_sd"]) == pytest.approx(np.sqrt(np.mean(sd[mask] ** 2)), rel=2e-3)
+
+
+def test_slurm_submissions_count_group_jobs_once_and_local_rules_never():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from dag_scale import local_rules, slurm_submissions
+
+    assert {"split", "report", "plot_slices", "calibrate_sd", "all"} <= local_rules()
+    assert not {"train_stage", "super_resolve", "fetch"} & local_rules()
+    printout = "\n".join([
+        "[Thu Dec  3 10:25:08 2026] Group job preprocess (jobs in lexicogr. order):", "",
+        "    [Thu Dec  3 10:25:08 2026]", "    rule fetch:", "    rule skullstrip:",
+        "[Thu Dec  3 10:25:08 2026] Group job preprocess (jobs in lexicogr. order):", "    rule fetch:",
+        "[Thu Dec  3 10:25:09 2026]", "rule train_stage:", "[Thu Dec  3 10:25:09 2026]", "rule report:",
+    ])
+    assert slurm_submissions(printout) == {"preprocess": 2, "train_stage": 1}
