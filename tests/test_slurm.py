@@ -25,12 +25,12 @@ from conftest import (
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Slurm jobs per rule (or group) of the tiny config: fetch, skullstrip and make_lr of a subject
-# form one job of the group "preprocess"; cache_stage and predict run once per stage (2) and train/val subject (3),
-# train_predictor and train_stage once per stage;
+# form one job of the group "preprocess"; cache_stage runs once per stage (2) and train/val subject (3),
+# train_predictor, predict (over all the stage's train/val subjects) and train_stage once per stage;
 # the val subject is super-resolved once for the sd map's calibration;
 # split, collect_metrics, plot_slices, fit_sd_calibration, calibrate_sd and report are local rules.
 PREPROCESS = "preprocess_fetch_make_lr_skullstrip"  # the plugin names a group job by group and rules
-EXPECTED_JOBS = {PREPROCESS: 4, "cache_stage": 6, "train_predictor": 2, "predict": 6, "train_stage": 2,
+EXPECTED_JOBS = {PREPROCESS: 4, "cache_stage": 6, "train_predictor": 2, "predict": 2, "train_stage": 2,
                  "super_resolve": 1, "super_resolve_val": 1, "baseline": 1, "evaluate": 1}
 GPU_RULES = ("train_predictor", "predict", "train_stage", "super_resolve", "super_resolve_val")
 

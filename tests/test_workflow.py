@@ -34,7 +34,7 @@ def test_default_config_dry_run_and_lint(tmp_path):
     proc = run_snakemake(tmp_path, "-n", config=REPO / "config" / "config.yaml")
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["fetch"] == 12 and counts["train_stage"] == 1 and counts["report"] == 1  # the 12 real brains
-    assert counts["train_predictor"] == 1 and counts["predict"] == 9  # predict, then refine: 7 train + 2 val
+    assert counts["train_predictor"] == 1 and counts["predict"] == 1  # predict, then refine: one job per stage
     lint = run_snakemake(tmp_path, "--lint", config=REPO / "config" / "config.yaml")
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 
@@ -150,7 +150,7 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     proc = run_snakemake(workdir, "--forcerun", "make_lr")
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts == {
-        "make_lr": 4, "cache_stage": 6, "train_predictor": 2, "predict": 6, "train_stage": 2, "super_resolve": 1,
+        "make_lr": 4, "cache_stage": 6, "train_predictor": 2, "predict": 2, "train_stage": 2, "super_resolve": 1,
         "baseline": 1,
         "super_resolve_val": 1, "fit_sd_calibration": 1, "calibrate_sd": 1,
         "evaluate": 1, "collect_metrics": 1, "plot_slices": 1, "report": 1, "all": 1,

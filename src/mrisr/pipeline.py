@@ -149,9 +149,10 @@ def cache_stage(hr_path: str, lr_path: str, mask_path: str, factors: Sequence, s
     log.info("%s: stage %d training pair %s, brain box %s..%s", out_dir, stage + 1, info.shape, *info.brain_box)
 
 
-def predict(predictor_path: str, cache_dir: str, device: str = "auto") -> None:
-    """Write the stage predictor's output over one subject's cached condition as its ``pred.npy``
-    (``training.cache.write_prediction``), as inference computes it: the diffusion model trains on it."""
+def predict(predictor_path: str, cache_dirs: Sequence[str], device: str = "auto") -> None:
+    """Write the stage predictor's output over each subject's cached condition (``cache_dirs``) as its
+    ``pred.npy`` (``training.cache.write_prediction``), as inference computes it: the diffusion model trains
+    on it. The predictor is loaded once for all of them."""
     import torch
 
     from mrisr.device import pick_device
@@ -159,12 +160,13 @@ def predict(predictor_path: str, cache_dir: str, device: str = "auto") -> None:
     from mrisr.training.cache import CachedVolume, write_prediction
 
     model, flips = load_predictor(predictor_path, pick_device(device))
-    cached = CachedVolume(cache_dir)
-    cond = cached.read("cond", tuple(slice(0, n) for n in cached.shape))
-    with torch.no_grad():
-        pred = predictor_output(model, cond, flips)
-    path = write_prediction(cache_dir, pred)
-    log.info("%s -> %s: g over %d mirroring(s)", predictor_path, path, len(flips))
+    for cache_dir in cache_dirs:
+        cached = CachedVolume(cache_dir)
+        cond = cached.read("cond", tuple(slice(0, n) for n in cached.shape))
+        with torch.no_grad():
+            pred = predictor_output(model, cond, flips)
+        path = write_prediction(cache_dir, pred)
+        log.info("%s -> %s: g over %d mirroring(s)", predictor_path, path, len(flips))
 
 
 def split(subjects: Sequence[str], seed: int, val_fraction: float, test_fraction: float, out_path: str) -> None:

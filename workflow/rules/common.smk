@@ -139,6 +139,10 @@ def raw_volumes(wildcards):
     return files
 
 
+# predict's output beside each train/val subject's stage cache: g over its condition (predict, then refine)
+PREDICTIONS = "results/cache/stage{stage}/{subject}/pred.npy"
+
+
 def fitting_subjects():
     """Subjects a model may learn from (train) or be selected on (val); never test."""
     return TRAIN_SUBJECTS + VAL_SUBJECTS
@@ -155,7 +159,7 @@ def diffusion_training_inputs(wildcards):
     if not PREDICT_AND_REFINE:
         return {}
     return {"predictor": rules.train_predictor.output.checkpoint.format(stage=wildcards.stage),
-            "preds": expand(rules.predict.output.pred, stage=wildcards.stage, subject=fitting_subjects())}
+            "preds": expand(PREDICTIONS, stage=wildcards.stage, subject=fitting_subjects())}
 
 
 def subject_lr(wildcards):

@@ -58,16 +58,18 @@ if PREDICT_AND_REFINE:
         script:
             "../scripts/train_stage.py"
 
+    # One job per stage over all its train/val subjects: the predictor is loaded once, and
+    # a cluster gets one GPU job of minutes instead of one per subject of seconds each.
     rule predict:
         input:
             predictor=rules.train_predictor.output.checkpoint,
-            cache=rules.cache_stage.output.info,
+            caches=training_caches,
         output:
-            pred="results/cache/stage{stage}/{subject}/pred.npy",
+            preds=expand(PREDICTIONS, stage="{stage}", subject=fitting_subjects()),
         params:
             device=config["device"],
         log:
-            "results/logs/predict/stage{stage}_{subject}.log",
+            "results/logs/predict/stage{stage}.log",
         resources:
             mem_mb=2000,
             gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)

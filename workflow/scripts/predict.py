@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from _adapter import run_stage
 
 from mrisr.pipeline import predict
@@ -6,6 +8,6 @@ run_stage(
     snakemake,
     predict,
     predictor_path=snakemake.input.predictor,
-    cache_dir=str(__import__("pathlib").Path(snakemake.input.cache).parent),
+    cache_dirs=[str(Path(info).parent) for info in snakemake.input.caches],
     device=snakemake.params.device,
 )
