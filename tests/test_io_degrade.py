@@ -289,3 +289,16 @@ def test_the_slice_profile_is_validated():
         SliceProfile("cone")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         SliceProfile("rect", gap=1.0)
+
+
+def test_a_degrade_section_becomes_one_degradation_and_old_checkpoints_get_the_defaults():
+    from mrisr.data.degrade import Degradation, SliceProfile
+
+    assert Degradation.from_config({}) == Degradation(3, "spline", SliceProfile("gaussian", 0.0))
+    got = Degradation.from_config({"order": 1, "method": "slice", "slice_profile": "rect", "slice_gap": 0.25})
+    assert got == Degradation(1, "slice", SliceProfile("rect", 0.25))
+    hr = np.random.default_rng(2).random((4, 4, 8))
+    np.testing.assert_array_equal(got.downsample(hr, (1, 1, 4)),
+                                  downsample(hr, (1, 1, 4), 1, "slice", SliceProfile("rect", 0.25)))
+    with pytest.raises(ValueError, match="unknown degradation 'box'"):
+        Degradation.from_config({"method": "box"})

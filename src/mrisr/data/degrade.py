@@ -101,6 +101,9 @@ def gaussian_sigma(factor: int | Sequence[int]) -> float | tuple[float, ...]:
     return tuple(float(gaussian_sigma(f)) if f > 1 else 0.0 for f in as_factor3(factor))
 
 
+SLICE_PROFILES = ("gaussian", "rect")
+
+
 @dataclass(frozen=True)
 class SliceProfile:
     """How a thick slice integrates the volume across it (the ``slice`` method).
@@ -120,14 +123,6 @@ class SliceProfile:
             raise ValueError(f"the slice gap is a fraction of the slice spacing in [0, 1), got {self.gap}")
 
 
-SLICE_PROFILES = ("gaussian", "rect")
-
-
-def slice_profile(degrade: Mapping) -> SliceProfile:
-    """The slice profile a config's (or a checkpoint's) ``degrade`` section gives (no keys: the default)."""
-    return SliceProfile(str(degrade.get("slice_profile", "gaussian")), float(degrade.get("slice_gap", 0.0)))
-
-
 @dataclass(frozen=True)
 class Degradation:
     """How an LR is made from an HR at any factor: ``method``, the spline ``order`` of the spline and
@@ -143,8 +138,9 @@ class Degradation:
 
     @classmethod
     def from_config(cls, degrade: Mapping) -> "Degradation":
-        """The config's (or a checkpoint's) ``degrade`` section."""
-        return cls(int(degrade.get("order", 3)), str(degrade.get("method", "spline")), slice_profile(degrade))
+        """The config's (or a checkpoint's) ``degrade`` section (keys it lacks: their defaults)."""
+        profile = SliceProfile(str(degrade.get("slice_profile", "gaussian")), float(degrade.get("slice_gap", 0.0)))
+        return cls(int(degrade.get("order", 3)), str(degrade.get("method", "spline")), profile)
 
     def downsample(self, volume: np.ndarray, factor: int | Sequence[int]) -> np.ndarray:
         """``downsample`` with these settings."""
