@@ -30,6 +30,7 @@ import numpy as np
 from mrisr.config import ConfigError, SamplingOptions, check_combinations
 from mrisr.data.degrade import factor_label, grid_factor, upsample_affine
 from mrisr.data.protocol import lr_tissue_level, normalise_scan
+from mrisr.diffusion.cascade import total_factor
 from mrisr.inference import CheckpointError, Stage, load_cascade, super_resolve
 from mrisr.io import VolumeError, check_contrast, check_same_grid, check_voxel_size, load_volume, voxel_sizes
 
@@ -119,7 +120,7 @@ class Cascade:
     @property
     def factor(self) -> tuple[int, int, int]:
         """The whole cascade's factor per axis."""
-        return tuple(int(np.prod(axis)) for axis in zip(*(s.factor for s in self.stages)))  # type: ignore[return-value]
+        return total_factor([s.factor for s in self.stages])
 
     @property
     def lr_voxel_size_mm(self) -> list[float] | None:
