@@ -11,7 +11,19 @@ RESULTS is a finished demo run's ``results/`` folder (``make demo``, or
   head layers vary by up to 2x between subjects; twice the brightest is beyond them);
 - ``gain_x3``: the whole volume 3x brighter (a scanner's arbitrary units);
 - ``specks``: 2 % of the brain's voxels 3x the brightest (bright vessels or lesions that move the
-  brain's 99.5th percentile, and with it the intensity scale).
+  brain's 99.5th percentile, and with it the intensity scale);
+- ``gamma_G``: the whole head's contrast changed, max * (t1 / max)^G (G = 0.6, 0.8, 1.25, 1.6: grey and
+  white matter closer together or further apart than in any training subject);
+- ``level_xS``: the normalised LR and HR both S times their level (S = 0.6, 0.8, 1.2), as a normalisation
+  whose percentile landed elsewhere would leave them (above 1 the brightest voxels pass the [0, 1] that both
+  estimates are clipped to); no warning is computed for these (the level is moved after normalisation,
+  where the warning's own reading of it is taken).
+
+``--models DIR`` scores another run's checkpoints on this run's subjects (e.g. the same recipe trained with
+``predictor.intensity_augment``), and ``--out`` names its table. For the ``gamma_G`` variants the table's
+``aug_mismatch`` says how far intensity augmentation's stand-in for them is from the real thing: RMS in the
+brain of f(c) - c_G, with f(x) = sign(x) |x|^G, c the unshifted scan's condition (its LR spline-upsampled) and
+c_G the shifted scan's, over RMS of c_G - HR_G (the spline's own error, what the model corrects).
 
 Each variant goes through the workflow's own skull stripping, LR making and
 normalisation (``pipeline.skullstrip``, ``pipeline.make_lr``, with the run's
@@ -47,22 +59,39 @@ from mrisr.inference import super_resolve  # noqa: E402
 from mrisr.io import load_volume, save_volume  # noqa: E402
 
 COLUMNS = ("subject", "variant", "gain_interior", "gain", "psnr_interior", "spline_psnr_interior", "lr_tissue_level",
-           "warning")
+           "warning", "aug_mismatch")
+GAMMAS = (0.6, 0.8, 1.25, 1.6)
+LEVELS = (0.6, 0.8, 1.2)
 
 
-def variants(t1: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The shifted versions of one raw whole-head T1 (module doc)."""
+def variants(t1: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, float]]:
+    """The shifted versions of one raw whole-head T1 (module doc): {name: (raw volume, level after normalising)}."""
     rng = np.random.default_rng(0)
     brain = np.argwhere(mask)
     specks = t1.copy()
     chosen = brain[rng.choice(len(brain), size=len(brain) // 50, replace=False)]
     specks[tuple(chosen.T)] = 3.0 * t1.max()
-    return {"as_is": t1, "head_x2": np.where(mask, t1, 2.0 * t1), "head_x0.5": np.where(mask, t1, 0.5 * t1),
-            "gain_x3": 3.0 * t1, "specks": specks}
+    top = float(t1.max())
+    raw = {"as_is": t1, "head_x2": np.where(mask, t1, 2.0 * t1), "head_x0.5": np.where(mask, t1, 0.5 * t1),
+           "gain_x3": 3.0 * t1, "specks": specks,
+           **{f"gamma_{g:g}": top * (np.clip(t1, 0, None) / top) ** g for g in GAMMAS}}
+    return {**{name: (volume, 1.0) for name, volume in raw.items()}, **{f"level_x{s:g}": (t1, s) for s in LEVELS}}
 
 
-def score(subject: str, name: str, t1: np.ndarray, raw_mask: np.ndarray, affine: np.ndarray, run: dict,
-          work: Path) -> dict:
+def aug_mismatch(work: Path, name: str, factor: int, brain: np.ndarray) -> float:
+    """For a ``gamma_G`` variant: RMS(f(c) - c_G) / RMS(c_G - HR_G) in the brain (module doc); else NaN."""
+    if not name.startswith("gamma_"):
+        return float("nan")
+    g = float(name.split("_")[1])
+    cond = upsample(load_volume(work / "as_is_lr.nii.gz")[0], factor, 3)
+    cond_g = upsample(load_volume(work / f"{name}_lr.nii.gz")[0], factor, 3)
+    hr_g = load_volume(work / f"{name}_hr.nii.gz")[0]
+    stand_in = np.sign(cond) * np.abs(cond) ** g
+    return float(np.sqrt(np.mean((stand_in - cond_g)[brain] ** 2) / np.mean((cond_g - hr_g)[brain] ** 2)))
+
+
+def score(subject: str, name: str, t1: np.ndarray, level: float, raw_mask: np.ndarray, affine: np.ndarray,
+          run: dict, work: Path) -> dict:
     raw, mask_path = work / f"{name}_raw.nii.gz", work / f"{name}_rawmask.nii.gz"
     save_volume(raw, t1, affine)
     save_volume(mask_path, raw_mask, affine, dtype=np.uint8)
@@ -72,26 +101,31 @@ def score(subject: str, name: str, t1: np.ndarray, raw_mask: np.ndarray, affine:
                         str(mask_path), Acquisition(run["factor"], normalise=strip["normalise"]))
     pipeline.make_lr(str(hr), str(lr), Acquisition(run["factor"], normalise=strip["normalise"]), raw_t1=str(raw),
                      percentile=strip["percentile"])
-    target, brain = load_volume(hr)[0], load_volume(hr_mask)[0] > 0
+    target, brain = load_volume(hr)[0] * level, load_volume(hr_mask)[0] > 0
     low, lr_affine = load_volume(lr)
+    low = low * level
     out = super_resolve(low, run["cascade"].stages, run["sampling"], log=lambda m: None)[-1].mean
     sr, spline = metrics.scores(target, out, brain), metrics.scores(target, np.clip(upsample(low, run["factor"], 3),
                                                                                    0, 1), brain)
-    level, trained = lr_tissue_level(low, lr_affine), run["trained_level"]
-    warning = level is not None and intensity_level_warning(level, trained, str(lr)) is not None
+    tissue, trained = lr_tissue_level(low, lr_affine), run["trained_level"]
+    warning = "n/a" if level != 1.0 else \
+        "yes" if tissue is not None and intensity_level_warning(tissue, trained, str(lr)) is not None else "no"
     return {"subject": subject, "variant": name, "gain_interior": sr["psnr_interior"] - spline["psnr_interior"],
             "gain": sr["psnr"] - spline["psnr"], "psnr_interior": sr["psnr_interior"],
-            "spline_psnr_interior": spline["psnr_interior"], "lr_tissue_level": float("nan") if level is None else level,
-            "warning": "yes" if warning else "no"}
+            "spline_psnr_interior": spline["psnr_interior"],
+            "lr_tissue_level": float("nan") if tissue is None else tissue, "warning": warning,
+            "aug_mismatch": aug_mismatch(work, name, run["factor"], brain)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
+    parser.add_argument("--models", type=Path, help="the checkpoints' folder (default: RESULTS/models)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "intensity_shift.tsv")
     args = parser.parse_args()
-    checkpoints = sorted(str(p) for p in (args.results / "models").glob("stage*/checkpoint.pt"))
-    settings = pipeline.read_sampling_settings(args.results / "models" / pipeline.SAMPLING_SETTINGS)
+    models = args.models or args.results / "models"
+    checkpoints = sorted(str(p) for p in models.glob("stage*/checkpoint.pt"))
+    settings = pipeline.read_sampling_settings(models / pipeline.SAMPLING_SETTINGS)
     sampling = SamplingOptions.from_mapping({**settings, "n_samples": 1, "estimate": "predictor"})
     cascade = Cascade.load(checkpoints, sampling, pick_device("cpu"))
     stage_config = cascade.stages[0].config
@@ -108,8 +142,8 @@ def main() -> None:
         for subject in val:
             t1, affine = load_volume(args.results / "raw" / subject / "T1w.nii.gz")
             raw_mask = load_volume(args.results / "raw" / subject / "brainmask.nii.gz")[0] > 0
-            for name, volume in variants(t1, raw_mask).items():
-                rows.append(score(subject, name, volume, raw_mask, affine, run, Path(tmp)))
+            for name, (volume, level) in variants(t1, raw_mask).items():
+                rows.append(score(subject, name, volume, level, raw_mask, affine, run, Path(tmp)))
                 print("\t".join(str(rows[-1][c]) for c in COLUMNS), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as fh:

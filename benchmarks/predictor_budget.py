@@ -46,7 +46,7 @@ from mrisr.diffusion.predictor import ShuffleResNet  # noqa: E402
 from mrisr.io import load_volume, save_volume  # noqa: E402
 from mrisr.training.cache import MemoryVolume  # noqa: E402
 from mrisr.training.loop import predictor_loss  # noqa: E402
-from mrisr.training.patches import PatchSampler  # noqa: E402
+from mrisr.training.patches import IntensityAugment, PatchSampler  # noqa: E402
 
 COLUMNS = ("candidate", "seconds", "steps", "subject", "group", "psnr_interior", "spline_psnr_interior",
            "gain_interior", "gain", "ssim_interior_gain", "hfen_gain")
@@ -59,6 +59,8 @@ CANDIDATES = {
     "shuffle32x4_l1": SHUFFLE | {"loss": "l1"},
     "shuffle32x4_mse_lr1e-3": SHUFFLE | {"lr": 1e-3},
     "shuffle32x2_mse": SHUFFLE | {"blocks": 2},
+    # the demo's predictor with intensity augmentation (IntensityAugment: gain up to 1.25x, gamma up to 1.3)
+    "shuffle32x2_mse_intensity": SHUFFLE | {"blocks": 2, "intensity": {"scale": 1.25, "gamma": 1.3}},
     "shuffle32x4_mse_bf16": SHUFFLE | {"bf16": True},
     "shuffle48x6_mse": SHUFFLE | {"channels": 48, "blocks": 6},
     "shuffle32x4_mse_p48": SHUFFLE | {"patch": 48, "batch": 4},
@@ -144,7 +146,8 @@ def train_candidate(name: str, candidate: dict, train: list, val: dict, seconds:
     optimiser = torch.optim.Adam(net.parameters(), lr=candidate["lr"])
     # the brain mask rides as the last condition channel, weighting the loss as the workflow's predictor's does
     sampler = PatchSampler([MemoryVolume(p) for p in train], candidate["patch"], seed=0, flip=True,
-                           align=2 if candidate["net"] == "shuffle" else 1, cond_names=("cond", "mask"))
+                           align=2 if candidate["net"] == "shuffle" else 1, cond_names=("cond", "mask"),
+                           intensity=IntensityAugment.from_mapping(candidate.get("intensity")))
     elapsed, step, next_eval = 0.0, 0, every
     while elapsed < seconds:
         start = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import pickle
 
 import numpy as np
@@ -12,7 +13,7 @@ from mrisr.diffusion.cascade import StagePair
 from mrisr.io import NpyArray, VolumeError, save_npy
 from mrisr.training import CachedVolume, MemoryVolume, PatchSampler, write_stage_cache
 from mrisr.training.cache import brain_box, read_cache_info
-from mrisr.training.patches import CondAugment, batch_loader
+from mrisr.training.patches import CondAugment, IntensityAugment, batch_loader, intensity_map
 
 
 def _pair(seed: int = 0, shape=(20, 24, 18)) -> StagePair:
@@ -119,6 +120,37 @@ def test_conditioning_augmentation_blurs_and_noises_the_condition_only_by_its_pi
     residual = cond - pair.cond[tuple(slice(c - 4, c + 4) for c in pick.centre)]
     assert abs(residual.std() - pick.noise) < 0.15 * pick.noise
     np.testing.assert_array_equal(noise.patch(pick)[0][0], cond)  # a pick's noise is a function of the pick
+
+
+def test_intensity_augmentation_maps_condition_prediction_and_target_alike_but_never_the_mask():
+    """predictor/train.intensity_augment: one f(x) = s sign(x)|x|^gamma per pick on every intensity channel and the
+    target (so a predict-and-refine residual is f(HR) - f(g)), the mask channel untouched; s and gamma
+    log-uniform within [1/max, max]; off draws nothing, so the plain stream (centres, flips) is unchanged."""
+    pair = _pair(0, shape=(24, 24, 24))
+    pred = (pair.cond * 0.5 + 0.1).astype(np.float32)
+    pair = StagePair(cond=pair.cond - 0.2, target=pair.target, mask=pair.mask, pred=pred)  # negatives in cond
+    volumes = [MemoryVolume(pair)]
+    names = ("cond", "pred")
+    plain = PatchSampler(volumes, 8, seed=5, flip=True, cond_names=names)
+    assert PatchSampler(volumes, 8, seed=5, intensity=IntensityAugment()).intensity is None
+    both = PatchSampler(volumes, 8, seed=5, flip=True, cond_names=names, intensity=IntensityAugment(1.5, 1.3))
+    picks = [both.pick(s, r) for s in range(200) for r in range(2)]
+    assert [(p.centre, p.axes) for p in picks] == [(q.centre, q.axes) for q in
+                                                   (plain.pick(s, r) for s in range(200) for r in range(2))]
+    gains, gammas = np.log([p.gain for p in picks]), np.log([p.gamma for p in picks])
+    for logs, top in ((gains, np.log(1.5)), (gammas, np.log(1.3))):
+        assert np.abs(logs).max() <= top and np.abs(logs).max() > 0.9 * top and abs(logs.mean()) < 0.1 * top
+    pick = next(p for p in picks if p.gamma > 1.15 and p.gain < 0.8)
+    (cond, extra), target = both.patch(pick)
+    (cond0, extra0), target0 = plain.patch(replace(pick, gain=1.0, gamma=1.0))
+    f = lambda x: pick.gain * np.sign(x) * np.abs(x) ** pick.gamma  # noqa: E731
+    for got, raw in ((cond, cond0), (extra, extra0), (target, target0)):
+        assert (raw < 0).any() or raw is extra0
+        np.testing.assert_allclose(got, f(raw.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    masked = PatchSampler(volumes, 8, seed=5, cond_names=("cond", "mask"), intensity=IntensityAugment(1.5, 1.3))
+    (cond, mask), _ = masked.patch(replace(pick, axes=()))
+    np.testing.assert_array_equal(mask, pair.mask[tuple(slice(c - 4, c + 4) for c in pick.centre)])
+    assert intensity_map(cond0, 1.0, 1.0) is cond0  # the identity costs nothing
 
 
 def test_loader_workers_deliver_the_same_batches_in_order(tmp_path):

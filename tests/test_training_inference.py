@@ -401,16 +401,19 @@ def test_t_end_fraction_moves_that_share_of_rows_to_t_T_and_leaves_the_default_s
 
 
 def test_conditioning_augmentation_applies_to_stages_after_the_first_only(residual_config):
-    """Stage 0 conditions on the real LR volume: train.cond_augment leaves its patches alone."""
+    """Stage 0 conditions on the real LR volume: train.cond_augment leaves its patches alone; intensity
+    augmentation (train.intensity_augment) applies to every stage."""
     from mrisr.data.degrade import downsample
     from mrisr.distributed import World
     from mrisr.training.loop import TrainLoop
-    from mrisr.training.patches import CondAugment
+    from mrisr.training.patches import CondAugment, IntensityAugment
 
     hr, mask = _volumes(0)
     cfg = {**residual_config, "cascade": {"factors": [2, 2]}, "device": "cpu",
-           "train": {**residual_config["train"], "cond_augment": {"blur": 1.5, "noise": 0.02}}}
+           "train": {**residual_config["train"], "cond_augment": {"blur": 1.5, "noise": 0.02},
+                     "intensity_augment": {"gamma": 1.25}}}
     pairs = [stage_pair(hr, downsample(hr, 4), mask, [2, 2], k) for k in (0, 1)]
     loops = [TrainLoop([pairs[k]], [pairs[k]], StageRun(cfg, k, "unused.pt", "unused.tsv"), World()) for k in (0, 1)]
     assert loops[0].sampler.augment is None
     assert loops[1].sampler.augment == CondAugment(blur=1.5, noise=0.02)
+    assert [loop.sampler.intensity for loop in loops] == [IntensityAugment(gamma=1.25)] * 2

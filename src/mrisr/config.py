@@ -118,6 +118,7 @@ class TrainSettings:
     objective: Literal["diffusion", "regression"] = "diffusion"  # train only
     t_end_fraction: float = 0.0  # train only
     cond_augment: Mapping[str, Any] = field(default_factory=dict)  # train only: stages after the first
+    intensity_augment: Mapping[str, Any] = field(default_factory=dict)  # both: training.patches.IntensityAugment
     loss: Literal["mse", "l1"] = "mse"  # predictor only
 
     @classmethod

@@ -59,7 +59,7 @@ from mrisr.resume import (
     set_rng_state,
 )
 from mrisr.training.cache import MemoryVolume, PatchSource
-from mrisr.training.patches import CondAugment, PatchSampler, batch_loader
+from mrisr.training.patches import CondAugment, IntensityAugment, PatchSampler, batch_loader
 
 LOG_COLUMNS = ("step", "train_loss", "val_loss", "lr", "seconds", "parameters", "peak_rss_mb", "data_wait_s")
 
@@ -266,7 +266,8 @@ class TrainLoop:
             raise ValueError(f"predictor.patch_size {self.patch} must be divisible by the stage factor "
                              f"{factor_label(align)} along every axis")
         self.sampler = PatchSampler(train, self.patch, seed, flip=settings.flip, augment=augment,
-                                    cond_names=names, align=align)
+                                    cond_names=names, align=align,
+                                    intensity=IntensityAugment.from_mapping(settings.intensity_augment))
         self.val = _ValidationBatch.draw(val, self.patch, settings.val_patches, seed + 1,
                                          self.schedule.num_timesteps, names, align)
         self.noise_gen = torch.Generator().manual_seed(seed + 2)

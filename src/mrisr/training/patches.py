@@ -10,7 +10,7 @@ and a resumed run continues with exactly the patches it would have had.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -51,9 +51,52 @@ class CondAugment:
 
 
 @dataclass(frozen=True)
+class IntensityAugment:
+    """``intensity_augment`` of the ``predictor`` and ``train`` sections: the largest global intensity gain and
+    gamma put on a training patch pair.
+
+    Scans differ in their intensity scale (which the normalisation removes only as well as its percentile
+    is placed) and in their contrast (which it does not remove). Each patch pair is mapped voxel by voxel by
+
+        f(x) = s * sign(x) |x|^gamma,   log s ~ U(-log scale, log scale),  log gamma ~ U(-log gamma, log gamma),
+
+    the same f on the condition, the predictor's output (a diffusion model's second condition) and the
+    target, never on the brain mask; 1 switches a factor off. The gain is label-preserving exactly (every
+    degradation here is linear: D(s x) = s D(x)); gamma only approximately, since f(D(x)) and D(f(x))
+    differ where the intensity varies inside an LR voxel's footprint (``benchmarks/intensity_shift.py``
+    measures how much: its ``aug_mismatch``). Validation patches are never augmented.
+    """
+
+    scale: float = 1.0
+    gamma: float = 1.0
+
+    @classmethod
+    def from_mapping(cls, values: dict | None) -> "IntensityAugment":
+        values = values or {}
+        return cls(scale=float(values.get("scale", 1.0)), gamma=float(values.get("gamma", 1.0)))
+
+    @property
+    def active(self) -> bool:
+        return self.scale > 1 or self.gamma > 1
+
+    def draw(self, rng: np.random.Generator) -> tuple[float, float]:
+        """(s, gamma) of one patch pair, each log-uniform in [1/max, max]."""
+        gain, gamma = np.exp(rng.uniform(-1.0, 1.0, size=2) * np.log((self.scale, self.gamma)))
+        return float(gain), float(gamma)
+
+
+def intensity_map(x: np.ndarray, gain: float, gamma: float) -> np.ndarray:
+    """f(x) = gain * sign(x) |x|^gamma (``IntensityAugment``), float32; the identity at (1, 1)."""
+    if gamma == 1.0:
+        return x if gain == 1.0 else (x * np.float32(gain)).astype(np.float32, copy=False)
+    return (np.float32(gain) * np.sign(x) * np.abs(x) ** np.float32(gamma)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
 class Pick:
     """Where one patch comes from: volume ``k``, the voxel at its centre, the axes it is mirrored along,
-    and its condition's augmentation (blur and noise sd, the noise's seed)."""
+    its condition's augmentation (blur and noise sd, the noise's seed) and the intensity map of the pair
+    (gain and gamma, ``IntensityAugment``)."""
 
     k: int
     centre: tuple[int, int, int]
@@ -61,6 +104,8 @@ class Pick:
     blur: float = 0.0
     noise: float = 0.0
     noise_seed: int = 0
+    gain: float = 1.0
+    gamma: float = 1.0
 
 
 class PatchSampler:
@@ -76,16 +121,20 @@ class PatchSampler:
     of the three axes (the same for condition and target): the degradation
     commutes with mirroring, so this is label-preserving augmentation that
     also lets inference average over mirrored inputs (``sampling.flip_ensemble``).
+    ``augment`` degrades the condition (``CondAugment``), ``intensity`` maps the whole pair
+    (``IntensityAugment``); each draws from a pick's generator only when active, so the patches
+    without it are unchanged.
     """
 
     def __init__(self, volumes: Sequence[PatchSource], patch_size: int, seed: int, flip: bool = False,
                  augment: CondAugment | None = None, cond_names: Sequence[str] = ("cond",),
-                 align: int | Sequence[int] = 1) -> None:
+                 align: int | Sequence[int] = 1, intensity: IntensityAugment | None = None) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.align = as_factor3(align)  # patch corners on multiples of this: a predictor's LR grid keeps its phase
         self.volumes, self.patch_size, self.seed, self.flip = list(volumes), patch_size, int(seed), flip
         self.augment = augment if augment is not None and augment.active else None
+        self.intensity = intensity if intensity is not None and intensity.active else None
         self.cond_names = tuple(cond_names)  # the condition's channels: the spline, then g's output if read
 
     def pick(self, step: int, row: int) -> Pick:
@@ -104,19 +153,24 @@ class PatchSampler:
             half = self.patch_size // 2
             centre = tuple(int((c - half) // a * a + half) for c, a in zip(centre, self.align))
         axes = tuple(int(a) for a in np.flatnonzero(rng.integers(0, 2, size=3))) if self.flip else ()
-        if self.augment is None:  # no further draws: the stream without augmentation is unchanged
-            return Pick(k, centre, axes)
-        blur, noise = rng.uniform(0.0, 1.0, size=2) * (self.augment.blur, self.augment.noise)
-        return Pick(k, centre, axes, float(blur), float(noise), int(rng.integers(2**31)))
+        pick = Pick(k, centre, axes)  # no further draws without augmentation: that stream is unchanged
+        if self.augment is not None:
+            blur, noise = rng.uniform(0.0, 1.0, size=2) * (self.augment.blur, self.augment.noise)
+            pick = replace(pick, blur=float(blur), noise=float(noise), noise_seed=int(rng.integers(2**31)))
+        if self.intensity is not None:
+            gain, gamma = self.intensity.draw(rng)
+            pick = replace(pick, gain=gain, gamma=gamma)
+        return pick
 
     def patch(self, pick: Pick) -> tuple[np.ndarray, np.ndarray]:
-        """The (condition, target) patch of a pick, (C, P, P, P) and (P, P, P) float32; the condition's first
-        channel (the spline-upsampled input) augmented as picked."""
+        """The (condition, target) patch of a pick, (C, P, P, P) and (P, P, P) float32: every channel but the
+        brain mask, and the target, mapped by the pick's intensity map; then the condition's first channel
+        (the spline-upsampled input) degraded as picked."""
         p, half = self.patch_size, self.patch_size // 2
         volume = self.volumes[pick.k]
         m = self.augment.margin() if self.augment is not None else 0
         box = tuple(slice(c - half - m, c - half + p + m) for c in pick.centre)
-        cond = volume.read("cond", box).astype(np.float32)
+        cond = intensity_map(volume.read("cond", box).astype(np.float32), pick.gain, pick.gamma)
         if pick.blur > 0:
             cond = gaussian_filter(cond, pick.blur, mode="nearest")
         inner = tuple(slice(m, m + p) for _ in range(3))
@@ -125,7 +179,9 @@ class PatchSampler:
             cond = cond + np.random.default_rng(pick.noise_seed).normal(0.0, pick.noise, cond.shape).astype(np.float32)
         box = tuple(slice(c - half, c - half + p) for c in pick.centre)
         extra = [volume.read(name, box).astype(np.float32) for name in self.cond_names[1:]]
-        target = volume.read("target", box).astype(np.float32)
+        extra = [x if name == "mask" else intensity_map(x, pick.gain, pick.gamma)
+                 for name, x in zip(self.cond_names[1:], extra)]
+        target = intensity_map(volume.read("target", box).astype(np.float32), pick.gain, pick.gamma)
         return np.flip(np.stack([cond, *extra]), tuple(a + 1 for a in pick.axes)), np.flip(target, pick.axes)
 
     def batch(self, step: int, rows: range) -> tuple[np.ndarray, np.ndarray]:
