@@ -16,8 +16,7 @@ RESULTS is a finished demo run's ``results/`` folder (``make demo``, or
   white matter closer together or further apart than in any training subject);
 - ``level_xS``: the normalised LR and HR both S times their level (S = 0.6, 0.8, 1.2), as a normalisation
   whose percentile landed elsewhere would leave them (above 1 the brightest voxels pass the [0, 1] that both
-  estimates are clipped to); no warning is computed for these (the level is moved after normalisation,
-  where the warning's own reading of it is taken).
+  estimates are clipped to); the warning reads the LR so scaled, as the CLI would read a scan so normalised.
 
 ``--models DIR`` scores another run's checkpoints on this run's subjects (e.g. the same recipe trained with
 ``predictor.intensity_augment``), and ``--out`` names its table. For the ``gamma_G`` variants the table's
@@ -108,12 +107,11 @@ def score(subject: str, name: str, t1: np.ndarray, level: float, raw_mask: np.nd
     sr, spline = metrics.scores(target, out, brain), metrics.scores(target, np.clip(upsample(low, run["factor"], 3),
                                                                                    0, 1), brain)
     tissue, trained = lr_tissue_level(low, lr_affine), run["trained_level"]
-    warning = "n/a" if level != 1.0 else \
-        "yes" if tissue is not None and intensity_level_warning(tissue, trained, str(lr)) is not None else "no"
+    warning = tissue is not None and intensity_level_warning(tissue, trained, str(lr)) is not None
     return {"subject": subject, "variant": name, "gain_interior": sr["psnr_interior"] - spline["psnr_interior"],
             "gain": sr["psnr"] - spline["psnr"], "psnr_interior": sr["psnr_interior"],
             "spline_psnr_interior": spline["psnr_interior"],
-            "lr_tissue_level": float("nan") if tissue is None else tissue, "warning": warning,
+            "lr_tissue_level": float("nan") if tissue is None else tissue, "warning": "yes" if warning else "no",
             "aug_mismatch": aug_mismatch(work, name, run["factor"], brain)}
 
 
