@@ -45,7 +45,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mrisr.io import write_tsv
 
@@ -71,6 +70,8 @@ def _prepare(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> t
 
 def psnr_in_mask(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (dB) over the voxels where ``mask`` is true, data range ``DATA_RANGE``."""
+    from skimage.metrics import peak_signal_noise_ratio  # here: skimage.metrics loads scipy.stats (~1 s)
+
     ref, est, mask = _prepare(reference, estimate, mask)
     if np.array_equal(ref[mask], est[mask]):
         return float("inf")
@@ -79,6 +80,8 @@ def psnr_in_mask(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) 
 
 def ssim_in_mask(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
     """Mean of the SSIM map over the voxels where ``mask`` is true, data range ``DATA_RANGE``."""
+    from skimage.metrics import structural_similarity  # here: every job imports this module, few score
+
     ref, est, mask = _prepare(reference, estimate, mask)
     _, ssim_map = structural_similarity(
         ref,
