@@ -55,8 +55,12 @@ install: $(VENV)/.installed-$(LOCK)
 demo: install
 	$(BIN)/snakemake
 
+# Test files are spread over PYTEST_WORKERS processes (pytest-xdist; a file's tests stay together, so its
+# fixtures are made once): the suite's end-to-end runs wait on jobs and on Slurm's polls, and most of
+# the rest is single-threaded, so two workers keep two cores busy. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 # pip-compile (pip-tools) runs without pip's config, on PyPI alone, so that the
 # files name nothing local; the CPU build of torch comes from a folder holding

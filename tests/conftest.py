@@ -284,19 +284,39 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-TIMINGS: list[str] = []
+TIMINGS_FILE = "MRISR_TEST_TIMINGS"  # environment variable: where every pytest-xdist worker appends its timings
+
+
+def pytest_configure(config) -> None:
+    """The session's timings file (inherited by pytest-xdist's workers), and torch's threads: with several
+    workers on the machine's cores, one thread each, since threads that spin-wait for each other on shared
+    cores make training several times slower."""
+    if not hasattr(config, "workerinput"):  # the controlling process
+        timings = Path(config.rootpath) / ".pytest_cache" / f"timings-{os.getpid()}.txt"
+        timings.parent.mkdir(exist_ok=True)
+        timings.write_text("")
+        os.environ[TIMINGS_FILE] = str(timings)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def report_time(config, message: str) -> None:
     """Note a timing of the Slurm tests for the end of pytest's report."""
-    TIMINGS.append(message.strip())
+    with open(os.environ[TIMINGS_FILE], "a") as fh:
+        fh.write(message.strip() + "\n")
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if TIMINGS:
+    if hasattr(terminalreporter.config, "workerinput"):  # the controlling process reports every worker's
+        return
+    timings = Path(os.environ.get(TIMINGS_FILE, "/nonexistent"))
+    lines = timings.read_text().splitlines() if timings.is_file() else []
+    if lines:
         terminalreporter.write_sep("-", "Slurm timings")
-        for line in TIMINGS:
+        for line in lines:
             terminalreporter.write_line(line)
+    timings.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,7 @@ def test_conda_environments_pin_the_locked_versions(locks, env_file):
     assert env.pop("python") == "=3.11", "the Python the locks are resolved for"
     for package, spec in env.items():
         assert spec == f"=={Version(cpu[package][0]).public}", f"{env_file}: {package} {spec}"
-    wanted = {r.name for r in pyproject_requirements()} - {"pytest", "moto"}
+    wanted = {r.name for r in pyproject_requirements()} - {"pytest", "pytest-xdist", "moto"}  # test tools
     if env_file == "mrisr.yaml":  # the rules' environment: no Snakemake, no Slurm plugin
         wanted -= {"snakemake", "snakemake-executor-plugin-slurm"}
     assert set(env) == wanted, f"{env_file}: missing {wanted - set(env)}, extra {set(env) - wanted}"
