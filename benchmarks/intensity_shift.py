@@ -55,7 +55,7 @@ from mrisr.data.protocol import Acquisition, lr_tissue_level  # noqa: E402
 from mrisr.data.splits import read_splits  # noqa: E402
 from mrisr.device import pick_device  # noqa: E402
 from mrisr.inference import super_resolve  # noqa: E402
-from mrisr.io import load_volume, save_volume  # noqa: E402
+from mrisr.io import load_volume, save_volume, write_tsv  # noqa: E402
 
 COLUMNS = ("subject", "variant", "gain_interior", "gain", "psnr_interior", "spline_psnr_interior", "lr_tissue_level",
            "warning", "aug_mismatch")
@@ -115,6 +115,11 @@ def score(subject: str, name: str, t1: np.ndarray, level: float, raw_mask: np.nd
             "aug_mismatch": aug_mismatch(work, name, run["factor"], brain)}
 
 
+def cells(row: dict) -> list[str]:
+    """A table row's cells, floats to 4 decimals."""
+    return [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
@@ -144,10 +149,7 @@ def main() -> None:
                 rows.append(score(subject, name, volume, level, raw_mask, affine, run, Path(tmp)))
                 print("\t".join(str(rows[-1][c]) for c in COLUMNS), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\t".join(COLUMNS) + "\n")
-        for row in rows:
-            fh.write("\t".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS) + "\n")
+    write_tsv(args.out, COLUMNS, [cells(row) for row in rows])
 
 
 if __name__ == "__main__":
