@@ -76,10 +76,24 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """One complete end-to-end run of the tiny config, shared by the workflow tests."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    run_snakemake(workdir)
+def tiny_run(tmp_path_factory, worker_id) -> Path:
+    """One complete end-to-end run of the tiny config, shared by the workflow tests, which read it or copy it
+    and never write into it. Under pytest-xdist the workers share one run: the first to need it makes it
+    while holding a file lock, the others wait for it."""
+    if worker_id == "master":  # one process
+        workdir = tmp_path_factory.mktemp("tiny_run")
+        run_snakemake(workdir)
+        return workdir
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of this session
+    workdir, done = root / "tiny_run", root / "tiny_run.done"
+    with FileLock(str(root / "tiny_run.lock")):
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker's failed attempt
+            workdir.mkdir()
+            run_snakemake(workdir)
+            done.touch()
     return workdir
 
 

@@ -84,12 +84,14 @@ def test_report_numbers_equal_metrics_tsv(tiny_run):
     check_report_matches_metrics(html, read_metrics_tsv(res / "metrics.tsv"))
 
 
-def test_reports_render_in_chromium(tiny_run, chromium):
-    res = tiny_run / "results"
+def test_reports_render_in_chromium(tiny_run, chromium, tmp_path):
+    workdir = tmp_path / "copy"  # the tiny run is shared: its Snakemake report and screenshots go to a copy
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    res = workdir / "results"
     index = res / "report" / "index.html"
     _, static_images = parse_report(index.read_text(encoding="utf-8"))
     smk_report = res / "report" / "snakemake_report.html"
-    run_snakemake(tiny_run, "--report", str(smk_report))
+    run_snakemake(workdir, "--report", str(smk_report))
 
     with Chromium(chromium) as browser:
         page = browser.open(index.as_uri())
