@@ -264,6 +264,10 @@ def check_tiny_outputs(workdir: Path) -> None:
         assert sr.shape == hr.shape
         np.testing.assert_allclose(sr.affine, hr.affine, atol=1e-5)
         assert stage1.shape == tuple(s // 2 for s in hr.shape), "stage 1 works on the intermediate grid"
+        # the demo's path: sampling.estimate predictor, so sr is g alone; the samples (on mirrored volumes) differ
+        predictor = nib.load(res / "sr" / subject / "sr_predictor.nii.gz").get_fdata()
+        np.testing.assert_array_equal(sr.get_fdata(), predictor)
+        assert np.abs(nib.load(res / "sr" / subject / "sr_sample.nii.gz").get_fdata() - predictor).max() > 1e-4
         np.testing.assert_allclose(voxel_sizes(stage1.affine), 2 * voxel_sizes(hr.affine))
         sd = nib.load(res / "sr" / subject / "sd.nii.gz")  # n_samples: 2 in the tiny config
         assert sd.shape == hr.shape and sd.get_fdata().max() > 0

@@ -26,9 +26,10 @@ def config():
 
 @pytest.fixture(scope="module")
 def residual_config(config):
-    """The tiny config with the diffusion model on the residual over the spline (no predictor): for what the
-    training loop and sampler do whatever the residual's base."""
-    return {**config, "diffusion": {**config["diffusion"], "target": "residual"}}
+    """The tiny config with the diffusion model on the residual over the spline (no predictor, so the estimate
+    is the diffusion's posterior mean): for what the training loop and sampler do whatever the residual's base."""
+    return {**config, "diffusion": {**config["diffusion"], "target": "residual"},
+            "sampling": {**config["sampling"], "estimate": "posterior_mean"}}
 
 
 
@@ -213,7 +214,7 @@ def test_the_log_names_the_steps_that_run(checkpoints, config):
     lines, steps = [], []
     lr = np.random.default_rng(0).random((4, 4, 4), dtype=np.float32)
     sampling = SamplingOptions.from_mapping({**config["sampling"], "steps": 5, "n_samples": 1,
-                                             "estimate": "posterior_mean"})
+                                             "estimate": "posterior_mean", "flip_ensemble": False})
     super_resolve(lr, checkpoints, sampling, device="cpu", log=lines.append,
                   progress=lambda stage, n_stages, step, n_steps: steps.append((stage, n_steps)))
     assert len(lines) == 2 and all("ddim 1 step(s), 1 sample(s), posterior_mean, posterior variance on cpu" in line for line in lines)
