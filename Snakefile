@@ -1,13 +1,26 @@
 # mrisr: diffusion super-resolution of brain MRI.
 # Table of contents: config and its schema, the report, one rule file per stage.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# The workflow imports its core package from this checkout's src/, as every
+# job's script does, so the rules and the scripts always run the code they
+# were written against: importing workflow/scripts/_adapter.py (the one place
+# that knows where src/ is) puts it on the path, here as in each script.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+import _adapter  # noqa: E402,F401
+
+from mrisr.config import refuse_moved_keys  # noqa: E402
 
 
 configfile: "config/config.yaml"
 
 
+refuse_moved_keys(config)  # a key that moved is named with its new place, before the schema's generic error
 validate(config, "config/config.schema.yaml")
 
 

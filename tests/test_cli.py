@@ -234,12 +234,10 @@ def test_unset_sampling_options_take_the_runs_settings_and_a_bad_settings_file_i
     models = tmp_path / "results" / "models"
     checkpoints = [str(models / "stage1" / "checkpoint.pt"), str(models / "stage2" / "checkpoint.pt")]
     assert run_sampling_settings(checkpoints) is None
-    write_sampling_settings({"steps": 7, "n_samples": 3, "estimate": "predictor", "calibration_subjects": 2},
-                            str(models / "sampling.json"))
+    write_sampling_settings({"steps": 7, "n_samples": 3, "estimate": "predictor"}, str(models / "sampling.json"))
     found = run_sampling_settings(checkpoints)
     assert found == (models / "sampling.json").resolve()
     run = read_sampling_settings(found)
-    assert "calibration_subjects" not in run, "how the sd map is calibrated is not how it is sampled"
     args = build_parser().parse_args(["super-resolve", "in.nii.gz", "-o", "x.nii.gz", "--model", *checkpoints,
                                       "--n-samples", "2"])
     options = sampling_options(args, run)

@@ -170,3 +170,40 @@ def test_thick_slice_config_is_the_demo_with_thick_slices_along_one_axis():
     for bad in ([[1, 1]], [[1, 1, 1]], [[0, 1, 4]], [1]):
         with pytest.raises(WorkflowError):
             validate({**demo, "cascade": {"factors": bad}}, str(SCHEMA))
+
+
+def test_research_settings_are_marked_in_the_schema_and_listed_in_the_docs():
+    """Every key the schema marks x-research (with what was measured) is in docs/configuration.md's table of
+    research settings, and nothing else is; no shipped config moves one from its default."""
+    import re
+
+    from mrisr.config import schema
+
+    marked = {f"{name}.{key}" for name, spec in schema()["properties"].items()
+              for key, sub in spec.get("properties", {}).items() if sub.get("x-research")}
+    text = (REPO / "docs" / "configuration.md").read_text()
+    table = text.split("| key | why it is a research setting |", 1)[1].split("\n\n", 1)[0]
+    listed = {k for row in table.splitlines()[2:] for k in re.findall(r"`([a-z_]+\.[a-z_]+)`", row.split("|")[1])}
+    assert marked == listed and len(marked) >= 10
+    shipped = {p.name: yaml.safe_load(p.read_text()) or {} for p in (REPO / "config").glob("*.yaml")
+               if p.name != "config.schema.yaml"}
+    for name, config in shipped.items():
+        for key in marked:
+            section, sub = key.split(".")
+            value = (config.get(section) or {}).get(sub)
+            default = schema()["properties"][section]["properties"][sub].get("default")
+            assert value in (None, default), (name, key)
+
+
+def test_a_moved_key_is_refused_with_its_new_place():
+    from mrisr.config import CalibrationSettings, ConfigError, refuse_moved_keys
+
+    refuse_moved_keys({"sampling": {"n_samples": 3}, "calibration": {"subjects": 2}})
+    with pytest.raises(ConfigError, match=r"sampling.calibration: moved to calibration.method; write it as "
+                                          r"calibration: \{method: 'scale'\}"):
+        refuse_moved_keys({"sampling": {"calibration": "scale"}})
+    assert CalibrationSettings.from_mapping({}) == CalibrationSettings(subjects=4, method="floor_scale")
+    with pytest.raises(ConfigError, match="calibration.method: 'sd' is not one of"):
+        CalibrationSettings.from_mapping({"method": "sd"})
+    with pytest.raises(ConfigError, match="sampling: Additional properties are not allowed"):
+        SamplingOptions.from_mapping({"calibration_subjects": 2})

@@ -450,7 +450,7 @@ def test_uncertainty_section_without_samples_says_how_to_get_one():
 def test_uncertainty_section_of_an_uncalibrated_map_says_so():
     pooled = {"sd": [0.01, 0.02], "rmse": [0.02, 0.04], "mae": [0.015, 0.03], "voxels": [10, 10]}
     html = page.uncertainty_section(pooled, b"png", {"n_samples": 3, "estimate": "posterior_mean"}, 2)
-    assert "sampling.calibration_subjects: 0" in html and "σ-scaling" not in html
+    assert "calibration.subjects: 0" in html and "σ-scaling" not in html
     assert "RMS(sd) / RMS(error) = <b>0.50</b>" in html
     scaled = page.uncertainty_section(pooled | {"rms_sd": [0.02, 0.03]}, b"png", {"n_samples": 3}, 2, {
         "method": "scale", "floor": 0.0, "scale": 4.0, "rms_error": 0.04, "rms_sd": 0.01, "subjects": {"v": {}}})

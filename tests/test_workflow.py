@@ -72,13 +72,18 @@ def test_config_typo_is_a_clear_error(tmp_path):
     bad.write_text((REPO / "tests" / "data" / "tiny.yaml").read_text().replace("schedule: cosine", "schedule: cosin"))
     with pytest.raises(AssertionError, match="cosin"):
         run_snakemake(tmp_path, "-n", config=bad)
+    moved = tmp_path / "moved.yaml"  # a key of an older version: named with its new place
+    moved.write_text(yaml.safe_dump({"sampling": {"calibration_subjects": 2}}))
+    with pytest.raises(AssertionError, match=r"sampling.calibration_subjects: moved to calibration.subjects; write it "
+                                             r"as calibration: \{subjects: 2\}"):
+        run_snakemake(tmp_path, "-n", config=moved)
 
 
 def test_sd_calibration_can_be_turned_off(tmp_path):
-    """sampling.calibration_subjects: 0 plans no validation inference and writes the samples' sd as sd.nii.gz."""
+    """calibration.subjects: 0 plans no validation inference and writes the samples' sd as sd.nii.gz."""
     tiny = yaml.safe_load(TINY_CONFIG.read_text())
     off = tmp_path / "off.yaml"
-    off.write_text(yaml.safe_dump(tiny | {"sampling": tiny["sampling"] | {"calibration_subjects": 0}}))
+    off.write_text(yaml.safe_dump(tiny | {"calibration": {"subjects": 0}}))
     plan = run_snakemake(tmp_path / "run", "-n", config=off)
     counts = job_counts(plan.stdout + plan.stderr)
     assert counts["super_resolve"] == 1 and counts["evaluate"] == 1

@@ -71,6 +71,23 @@ def section(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys that moved, old dotted name -> new: a config that still sets one is refused with where it went.
+MOVED_KEYS = {
+    "sampling.calibration_subjects": "calibration.subjects",
+    "sampling.calibration": "calibration.method",
+}
+
+
+def refuse_moved_keys(config: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming the first key of ``MOVED_KEYS`` that ``config`` still sets, and its new place
+    (the schema's own error would say only that the key is not allowed)."""
+    for old, new in MOVED_KEYS.items():
+        name, key = old.split(".")
+        if isinstance(config.get(name), Mapping) and key in config[name]:
+            raise ConfigError(f"{old}: moved to {new}; write it as {new.split('.')[0]}: {{{new.split('.')[1]}: "
+                              f"{config[name][key]!r}}}")
+
+
 def check_combinations(diffusion: Mapping[str, Any], sampling: Mapping[str, Any]) -> None:
     """Refuse combinations of valid keys that cannot work, with a one-line reason (``ConfigError``).
 
@@ -154,8 +171,6 @@ class SamplingOptions:
     variance: Variance
     data_consistency: int
     seed: int
-    calibration_subjects: int
-    calibration: str
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "SamplingOptions":
@@ -194,6 +209,20 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
+class CalibrationSettings:
+    """The ``calibration`` section: on how many validation subjects, and how, the sd map is calibrated (meanings
+    in the schema). Built once with ``from_mapping`` where the section enters (the workflow's ``common.smk``)."""
+
+    subjects: int
+    method: Literal["floor_scale", "scale"]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "CalibrationSettings":
+        checked = section("calibration", values)
+        return cls(subjects=int(checked["subjects"]), method=checked["method"])
+
+
+@dataclass(frozen=True)
 class ApplySettings:
     """The ``apply`` section: which trained cascade apply mode runs, and what it writes (meanings in the schema).
 
@@ -214,7 +243,7 @@ class ApplySettings:
                               "(apply.checkpoints set) writes every scan as a derivative already")
         if checked["sd_calibration"] and not checked["checkpoints"]:
             raise ConfigError("apply.sd_calibration: calibrates apply mode's sd maps; set apply.checkpoints too (a "
-                              "training run calibrates its own with sampling.calibration_subjects)")
+                              "training run calibrates its own with calibration.subjects)")
         return cls(checkpoints=tuple(str(p) for p in checked["checkpoints"]),
                    test_derivatives=bool(checked["test_derivatives"]), qc_panels=int(checked["qc_panels"]),
                    sd_calibration=checked["sd_calibration"])

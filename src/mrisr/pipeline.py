@@ -208,19 +208,9 @@ def train(job: TrainJob, out_plot: str, nproc: int = 1, threads: int = 1, log_fi
 SAMPLING_SETTINGS = "sampling.json"
 
 
-SD_CALIBRATION_KEYS = ("calibration_subjects", "calibration")  # how the sd map is calibrated, not how it is sampled
-
-
-def inference_sampling(options: SamplingOptions) -> dict[str, Any]:
-    """What an inference job samples with: the sampling section less ``SD_CALIBRATION_KEYS``, so that changing
-    how the sd map is calibrated re-runs the calibration only."""
-    return {k: v for k, v in options.to_dict().items() if k not in SD_CALIBRATION_KEYS}
-
-
 def write_sampling_settings(sampling: Mapping[str, Any], out_path: str) -> None:
-    """The run's inference sampling settings (``SamplingOptions.to_dict``, less the sd map's calibration keys),
-    validated, as JSON."""
-    settings = inference_sampling(SamplingOptions.from_mapping(sampling))
+    """The run's inference sampling settings (``SamplingOptions.to_dict``), validated, as JSON."""
+    settings = SamplingOptions.from_mapping(sampling).to_dict()
     with atomic_path(out_path) as tmp:
         Path(tmp).write_text(json.dumps({"sampling": settings}, indent=2, sort_keys=True) + "\n")
     log.info("%s: %s", out_path, ", ".join(f"{k} {v}" for k, v in sorted(settings.items())))
@@ -330,13 +320,14 @@ def evaluate(
 
 def fit_sd_calibration(
     subjects: Sequence[str], hr_paths: Sequence[str], mask_paths: Sequence[str], sr_paths: Sequence[str],
-    sd_paths: Sequence[str], sampling: Mapping[str, Any], out_path: str, checkpoints: Sequence[str] = (),
+    sd_paths: Sequence[str], method: str, sampling: Mapping[str, Any], out_path: str,
+    checkpoints: Sequence[str] = (),
 ) -> None:
     """The sd map's calibration, fitted on validation subjects (``metrics.fit_sd_calibration``).
 
     Each subject's SR (the configured estimate) and sd map, drawn exactly as the
     test subjects' are, are compared with its HR inside the brain mask; the
-    calibration of ``sampling["calibration"]`` (floor and scale, pooled over all
+    calibration ``method`` (``calibration.method``: floor and scale, pooled over all
     their brain voxels) is written as JSON with each subject's RMS error and RMS
     sd before and after, and the sampling and checkpoints (SHA-256) it holds for
     (``calibrate_sd`` applies it to a test subject's map; ``check_sd_calibration``
@@ -353,7 +344,6 @@ def fit_sd_calibration(
         check_same_grid(sr, sr_affine, sr_path, hr, hr_affine, hr_path)
         check_same_grid(sd, sd_affine, sd_path, hr, hr_affine, hr_path)
         sums.append(metrics.calibration_sums(hr, sr, sd, mask > 0))
-    method = str(sampling.get("calibration", "floor_scale"))
     fitted = metrics.fit_sd_calibration(sums, method)
 
     def rms(t: Mapping[str, float], key: str) -> float:

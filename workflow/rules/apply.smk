@@ -43,7 +43,7 @@ if APPLY.enabled:
         output:
             **DERIVATIVE_OUTPUTS,
         params:
-            sampling=INFERENCE_SAMPLING,
+            sampling=SAMPLING,
             device=config["device"],
             sources=scan_sources,
         log:

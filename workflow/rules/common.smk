@@ -1,23 +1,15 @@
 # Helpers shared by all stages: the subject list, the split, the cascade.
+# (The Snakefile has put this checkout's src/ on the path.)
 import json
-import sys
-from pathlib import Path
-
-# The workflow imports its core package from this checkout's src/, as every
-# job's script does, so the rules and the scripts always run the code they
-# were written against: importing workflow/scripts/_adapter.py (the one place
-# that knows where src/ is) puts it on the path, here as in each script.
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
-import _adapter  # noqa: E402,F401
 
 from mrisr.compare import compare_configs, model_config
-from mrisr.config import ApplySettings, SamplingOptions, check_combinations
+from mrisr.config import ApplySettings, CalibrationSettings, SamplingOptions, check_combinations
 from mrisr.data.bids import STEM_PATTERN
 from mrisr.data.sources import data_identity, local_scans, ships_mask, subject_id_pattern, subject_ids
 from mrisr.data.splits import split_subjects
 from mrisr.data.degrade import factor_label
 from mrisr.diffusion.cascade import stage_grids, total_factor
-from mrisr.pipeline import SAMPLING_SETTINGS, inference_sampling
+from mrisr.pipeline import SAMPLING_SETTINGS
 
 
 # Apply mode (config key apply.checkpoints): a trained cascade over every scan of
@@ -68,9 +60,9 @@ MODEL_CONFIG = canonical(model_config(config))
 check_combinations(config["diffusion"], config["sampling"])  # stops the run before any job, with the reason
 SAMPLING_OPTIONS = SamplingOptions.from_mapping(config["sampling"])
 SAMPLING = canonical(SAMPLING_OPTIONS.to_dict())
-# What the inference jobs get: the sampling without the sd map's calibration
-# keys, so that changing how the map is calibrated re-runs the calibration only.
-INFERENCE_SAMPLING = canonical(inference_sampling(SAMPLING_OPTIONS))
+# How the sd map is calibrated (its own section, so that changing it re-runs the
+# calibration only, never the inference).
+CALIBRATION = CalibrationSettings.from_mapping(config["calibration"])
 # Models compared with the main one (config key compare): its model config with
 # the comparison's model/train keys overridden.
 COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
@@ -93,7 +85,7 @@ if PREDICT_AND_REFINE and SAMPLING_OPTIONS.n_samples > 1:
     SR_OUTPUTS["sample"] = "results/sr/{subject}/sr_sample.nii.gz"
 # Per-subject metrics, and the error-versus-uncertainty table with an sd map.
 EVAL_OUTPUTS = {"tsv": "results/metrics/{subject}.tsv"}
-# The sd map a test subject gets (sd.nii.gz). With sampling.calibration_subjects
+# The sd map a test subject gets (sd.nii.gz). With calibration.subjects
 # the samples' sd is written as sd_uncalibrated.nii.gz and calibrated on that many
 # validation subjects (rules super_resolve_val, fit_sd_calibration, calibrate_sd;
 # metrics.fit_sd_calibration); otherwise it is the map itself.
@@ -101,7 +93,7 @@ SD_MAP = "results/sr/{subject}/sd.nii.gz"
 CALIBRATION_SUBJECTS = []
 if SAMPLING_OPTIONS.n_samples > 1:
     EVAL_OUTPUTS["calibration"] = "results/metrics/{subject}_calibration.tsv"
-    CALIBRATION_SUBJECTS = VAL_SUBJECTS[: SAMPLING_OPTIONS.calibration_subjects]  # a split has one at least
+    CALIBRATION_SUBJECTS = VAL_SUBJECTS[: CALIBRATION.subjects]  # a split has one at least
     SR_OUTPUTS["sd"] = "results/sr/{subject}/sd_uncalibrated.nii.gz" if CALIBRATION_SUBJECTS else SD_MAP
 
 

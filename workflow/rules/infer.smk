@@ -12,7 +12,7 @@ rule sampling_settings:
     output:
         json=f"results/models/{SAMPLING_SETTINGS}",
     params:
-        sampling=INFERENCE_SAMPLING,
+        sampling=SAMPLING,
     log:
         "results/logs/sampling_settings.log",
     conda:
@@ -87,7 +87,7 @@ rule super_resolve_compare:
 if CALIBRATION_SUBJECTS:
 
     # A validation subject super-resolved exactly as a test subject is; only the
-    # sd map's calibration reads it (sampling.calibration_subjects).
+    # sd map's calibration reads it (calibration.subjects).
     rule super_resolve_val:
         input:
             lr=subject_lr,
@@ -111,7 +111,7 @@ if CALIBRATION_SUBJECTS:
         script:
             "../scripts/super_resolve.py"
 
-    # The sd maps' calibration (sampling.calibration: floor and scale, or scale only),
+    # The sd maps' calibration (calibration.method: floor and scale, or scale only),
     # fitted on the validation subjects' brains.
     rule fit_sd_calibration:
         localrule: True
@@ -125,6 +125,7 @@ if CALIBRATION_SUBJECTS:
             json="results/calibration/sd_calibration.json",
         params:
             subjects=CALIBRATION_SUBJECTS,
+            method=CALIBRATION.method,
             sampling=SAMPLING,
         log:
             "results/logs/fit_sd_calibration.log",

@@ -10,6 +10,7 @@ run_stage(
     mask_paths=list(snakemake.input.mask),
     sr_paths=list(snakemake.input.sr),
     sd_paths=list(snakemake.input.sd),
+    method=snakemake.params.method,
     sampling=snakemake.params.sampling,
     out_path=snakemake.output.json,
     checkpoints=list(snakemake.input.checkpoints),

@@ -290,7 +290,7 @@ def uncertainty_section(
 def _calibration_text(sd_calibration: Mapping | None, held_out: float | None, ends: Sequence[float | None]) -> str:
     """How the sd map was calibrated, and how well it holds on the test subjects (overall and at both ends)."""
     if sd_calibration is None:
-        how = ("The map is the samples' standard deviation as drawn (<code>sampling.calibration_subjects: 0</code>): "
+        how = ("The map is the samples' standard deviation as drawn (<code>calibration.subjects: 0</code>): "
                "a few samples of a briefly trained model spread less than their error, and the mean of N samples "
                "has an expected squared error of (1 + 1/N) times the posterior variance.")
     else:
@@ -305,7 +305,7 @@ def _calibration_text(sd_calibration: Mapping | None, held_out: float | None, en
         else:
             formula = f"{fmt(scale, 2)}·sd (σ-scaling, after Laves et al. 2020)"
         how = (f"The map is the samples' standard deviation sd calibrated as {formula} "
-               f"(<code>sampling.calibration: {esc(str(sd_calibration.get('method', '')))}</code>), fitted on {k} "
+               f"(<code>calibration.method: {esc(str(sd_calibration.get('method', '')))}</code>), fitted on {k} "
                f"validation subject{'s' if k != 1 else ''} super-resolved exactly as the test subjects are: there "
                f"the RMS error of SR was {fmt(sd_calibration['rms_error'], 4)} and the samples' RMS sd "
                f"{fmt(sd_calibration['rms_sd'], 4)} (<code>calibration/sd_calibration.json</code>). Nothing is "
