@@ -9,6 +9,8 @@ requeued by Slurm resumed their training.
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import subprocess
 import time
@@ -24,14 +26,17 @@ from conftest import (
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# Slurm jobs per rule (or group) of the tiny config: fetch, skullstrip and make_lr of a subject
-# form one job of the group "preprocess"; cache_stage runs once per stage (2) and train/val subject (3),
-# train_predictor, predict (over all the stage's train/val subjects) and train_stage once per stage;
+# Slurm jobs per rule (or group) of the tiny config: every subject's fetch, skullstrip, make_lr and
+# then its cache_stage (once per stage, train/val subjects) or baseline (the test subject) form one
+# component of the group "preprocess", and its 4 subjects' components one job (up to 8 per job);
+# evaluate is the group "score" (up to 20 test subjects per job);
+# train_predictor, predict (over all the stage's train/val subjects) and train_stage run once per stage;
 # the val subject is super-resolved once for the sd map's calibration;
 # split, collect_metrics, plot_slices, fit_sd_calibration, calibrate_sd and report are local rules.
-PREPROCESS = "preprocess_fetch_make_lr_skullstrip"  # the plugin names a group job by group and rules
-EXPECTED_JOBS = {PREPROCESS: 4, "cache_stage": 6, "train_predictor": 2, "predict": 2, "train_stage": 2,
-                 "super_resolve": 1, "super_resolve_val": 1, "baseline": 1, "evaluate": 1}
+PREPROCESS = "preprocess_baseline_cache_stage_fetch_make_lr_skullstrip"  # the plugin names a group job by group
+SCORE = "score_evaluate"                                                 # and rules
+EXPECTED_JOBS = {PREPROCESS: 1, SCORE: 1, "train_predictor": 2, "predict": 2, "train_stage": 2,
+                 "super_resolve": 1, "super_resolve_val": 1}
 GPU_RULES = ("train_predictor", "predict", "train_stage", "super_resolve", "super_resolve_val")
 
 
@@ -56,11 +61,18 @@ def test_every_job_went_through_sbatch_and_gpu_rules_asked_for_a_gpu(slurm_tiny_
             assert "mem=16000M" in job["TRES"], job
         else:
             assert job.get("TresPerJob", "") == "" and "gpu" not in job["TRES"], job
-            memory = 2000 if rule == "evaluate" else 4000  # evaluate's own mem_mb, else the profile's default
-            assert job["NumCPUs"] == "1" and f"mem={memory}M" in job["TRES"], job
+    # A group job runs its members side by side, as many as Snakemake's cores (the profile's `cores: all`)
+    # and the profile's mem_mb=16000 allow (4 x 4,000 MB), and asks for the sum of its layers' 20 minutes:
+    # 4 fetch, 4 skullstrip, 4 make_lr, then 6 cache_stage and 1 baseline.
+    width = min(os.cpu_count(), 4)
+    group = next(job for job in jobs if rule_of(job) == PREPROCESS)
+    assert group["NumCPUs"] == str(width) and f"mem={4000 * width}M" in group["TRES"], group
+    layers = sum(math.ceil(n / width) for n in (4, 4, 4, 7))
+    score = next(job for job in jobs if rule_of(job) == SCORE)
+    assert score["NumCPUs"] == "1" and "mem=2000M" in score["TRES"], score  # evaluate's own mem_mb
     limits = {rule_of(job): job["TimeLimit"] for job in jobs}
     assert limits["train_stage"] == "12:00:00" and limits["super_resolve"] == "02:00:00"
-    assert limits["evaluate"] == "01:00:00" and limits[PREPROCESS] == "03:00:00"  # a group: 3 x 60 min
+    assert limits[SCORE] == "00:20:00" and limits[PREPROCESS] == f"{20 * layers // 60:02d}:{20 * layers % 60:02d}:00"
     for rule in ("split", "collect_metrics", "plot_slices", "fit_sd_calibration", "calibrate_sd", "report"):
         assert f"localrule {rule}:" in output
     train_log = (workdir / "results" / "logs" / "train_stage" / "stage1.log").read_text()

@@ -115,8 +115,8 @@ def test_without_the_gpu_setting_gpu_rules_fall_to_the_cpu_partition_and_gpu_0_o
 
 @pytest.mark.parametrize("on_submit_host", [False, True])
 def test_fetch_runs_in_the_preprocess_job_or_on_the_submit_host(tmp_path, on_submit_host):
-    """fetch.on_submit_host: fetch leaves its subject's cluster job and becomes a local rule;
-    skull stripping and the LR volume stay one job per subject."""
+    """fetch.on_submit_host: fetch leaves its subjects' cluster job and becomes a local rule;
+    skull stripping, the LR volume and the stage caches or baseline stay in it (the 4 subjects in one job)."""
     config = tmp_path / "fetch.yaml"
     config.write_text(yaml.safe_dump({"fetch": {"on_submit_host": on_submit_host}}))
     profile = user_profile(tmp_path)
@@ -132,6 +132,6 @@ def test_fetch_runs_in_the_preprocess_job_or_on_the_submit_host(tmp_path, on_sub
     assert proc.returncode == 0, out[-3000:]
     groups = [sorted(re.findall(r"^    rule (\w+):", re.split(r"\n\[", chunk, maxsplit=1)[0], flags=re.M))
               for chunk in out.split("Group job preprocess")[1:]]
-    members = ["make_lr", "skullstrip"] if on_submit_host else ["fetch", "make_lr", "skullstrip"]
-    assert groups == [members] * job_counts(out)["skullstrip"] and len(groups) == 4, groups
+    members = ["make_lr", "skullstrip"] * 4 + ["baseline"] + ["cache_stage"] * 6  # 3 train/val subjects x 2 stages
+    assert groups == [sorted(members if on_submit_host else members + ["fetch"] * 4)], groups
     assert len(re.findall(r"^rule fetch:", out, flags=re.M)) == (4 if on_submit_host else 0)
