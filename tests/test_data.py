@@ -221,8 +221,7 @@ def test_fit_sd_calibration_then_calibrate_sd_make_the_validation_maps_rms_match
     out = tmp_path / "calibration" / "sd_calibration.json"
     for method in ("scale", "floor_scale"):
         sampling = {"n_samples": 3}
-        fit_sd_calibration(["v0", "v1"], files["hr"], files["mask"], files["sr"], files["sd"], method, sampling,
-                           str(out))
+        fit_sd_calibration(["v0", "v1"], files, method, sampling, str(out))
         record = json.loads(out.read_text())
         assert record["method"] == method and sorted(record["subjects"]) == ["v0", "v1"]
         assert record["sampling"] == sampling and record["voxels"] == 2 * 6 * 7 * 8

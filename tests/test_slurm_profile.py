@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_CONFIG, job_counts
+from conftest import REPO, TINY_CONFIG
 
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 GPU_PARTITION, GPU_ACCOUNT, CPU_PARTITION = "mrisr-gpu", "mrisr-gpu-account", "mrisr-cpu"

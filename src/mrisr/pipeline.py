@@ -319,13 +319,13 @@ def evaluate(
 
 
 def fit_sd_calibration(
-    subjects: Sequence[str], hr_paths: Sequence[str], mask_paths: Sequence[str], sr_paths: Sequence[str],
-    sd_paths: Sequence[str], method: str, sampling: Mapping[str, Any], out_path: str,
-    checkpoints: Sequence[str] = (),
+    subjects: Sequence[str], paths: Mapping[str, Sequence[str]], method: str, sampling: Mapping[str, Any],
+    out_path: str, checkpoints: Sequence[str] = (),
 ) -> None:
     """The sd map's calibration, fitted on validation subjects (``metrics.fit_sd_calibration``).
 
-    Each subject's SR (the configured estimate) and sd map, drawn exactly as the
+    ``paths`` gives each subject's files in the order of ``subjects``: ``hr``,
+    ``mask``, ``sr`` and ``sd``. Each subject's SR (the configured estimate) and sd map, drawn exactly as the
     test subjects' are, are compared with its HR inside the brain mask; the
     calibration ``method`` (``calibration.method``: floor and scale, pooled over all
     their brain voxels) is written as JSON with each subject's RMS error and RMS
@@ -333,10 +333,11 @@ def fit_sd_calibration(
     (``calibrate_sd`` applies it to a test subject's map; ``check_sd_calibration``
     refuses it for another model or sampling).
     """
-    if not (len(subjects) == len(hr_paths) == len(mask_paths) == len(sr_paths) == len(sd_paths)) or not subjects:
+    kinds = ("hr", "mask", "sr", "sd")
+    if not subjects or any(len(paths[kind]) != len(subjects) for kind in kinds):
         raise ValueError("fit_sd_calibration needs one HR, mask, SR and sd file per subject, and one subject at least")
     sums = []  # a subject's volumes are read once and dropped: only their sums are kept
-    for hr_path, mask_path, sr_path, sd_path in zip(hr_paths, mask_paths, sr_paths, sd_paths):
+    for hr_path, mask_path, sr_path, sd_path in zip(*(paths[kind] for kind in kinds)):
         hr, hr_affine = load_volume(hr_path)
         mask, _ = load_volume(mask_path)
         sr, sr_affine = load_volume(sr_path)
