@@ -49,24 +49,28 @@ def test_scan_names_follow_bids():
         ScanName("0-1")
 
 
-@pytest.mark.parametrize("name, problem", [
-    ("sub-01_desc-sr_T1w.nii.gz", None),
-    ("sub-01_ses-2_desc-brain_mask.json", None),
-    ("sub-01_desc-sr_ses-2_T1w.nii.gz", "not in the specification's order"),
-    ("ses-2_sub-01_T1w.nii.gz", "does not start with sub-"),
-    ("sub-01_desc-sr_desc-x_T1w.nii.gz", "repeated"),
-    ("sub-01_desc-s_r_T1w.nii.gz", "is not a BIDS entity"),
-    ("sub-01_foo-1_T1w.nii.gz", "is not a BIDS entity"),
-    ("sub-01_desc-sr_T1.nii.gz", "suffix 'T1' not one of"),
-    ("sub-01_desc-sr_T1w.mgz", "extension not one of"),
+@pytest.mark.parametrize("path, good", [
+    ("sub-01/anat/sub-01_desc-sr_T1w.nii.gz", True),
+    ("sub-01/ses-2/anat/sub-01_ses-2_desc-brain_mask.json", True),
+    ("sub-01/anat/sub-01_desc-sr_ses-2_T1w.nii.gz", False),  # entities out of the specification's order
+    ("sub-01/anat/ses-2_sub-01_T1w.nii.gz", False),  # does not start with sub-
+    ("sub-01/anat/sub-01_desc-sr_desc-x_T1w.nii.gz", False),  # an entity twice
+    ("sub-01/anat/sub-01_desc-s_r_T1w.nii.gz", False),  # a label that is not alphanumeric
+    ("sub-01/anat/sub-01_foo-1_T1w.nii.gz", False),  # no such entity
+    ("sub-01/anat/sub-01_desc-sr_T1.nii.gz", False),  # no such suffix
+    ("sub-01/anat/sub-01_desc-sr_T1w.mgz", False),  # no such extension
+    ("sub-01/anat/sub-02_desc-sr_T1w.nii.gz", False),  # filed under another subject
+    ("sub-01/ses-1/anat/sub-01_ses-2_desc-sr_T1w.nii.gz", False),  # filed under another session
+    ("sub-01/sub-01_desc-sr_T1w.nii.gz", False),  # no datatype folder
 ])
-def test_file_names_are_checked_against_the_bids_rules(name, problem):
-    if problem is None:
-        entities, suffix, _ = parse_filename(name)
-        assert entities[0][0] == "sub" and suffix in ("T1w", "mask")
+def test_file_names_are_checked_against_the_bids_schema(path, good):
+    """The BIDS schema's own rules (bidsschematools) decide, not a table kept here."""
+    if good:
+        found = parse_filename(path)
+        assert found["subject"] == "01" and found["suffix"] in ("T1w", "mask") and found["datatype"] == "anat"
     else:
-        with pytest.raises(ValueError, match=re.escape(problem)):
-            parse_filename(name)
+        with pytest.raises(ValueError, match=re.escape(f"{path}: not a BIDS derivative file name and place")):
+            parse_filename(path)
 
 
 def test_tree_check_finds_misfiled_files_and_missing_sidecars(tmp_path):
@@ -82,8 +86,29 @@ def test_tree_check_finds_misfiled_files_and_missing_sidecars(tmp_path):
     misfiled.write_text("{}")
     (good.parent / "sub-01_ses-a_desc-sd_T1w.nii.gz").write_bytes(b"")
     problems = tree_problems(tmp_path)
-    assert any("expected under sub-02/anat/" in p for p in problems)
+    assert any("sub-01/anat/sub-02_desc-sr_T1w.json: not a BIDS derivative file name and place" in p for p in problems)
     assert any("sub-01_ses-a_desc-sd_T1w.nii.gz: no JSON sidecar" in p for p in problems)
+    (tmp_path / "dataset_description.json").write_text(json.dumps({"Name": "x", "DatasetType": "derivative"}))
+    problems = tree_problems(tmp_path)
+    assert any("no BIDSVersion (required by the BIDS schema)" in p for p in problems)
+    assert any("no GeneratedBy (required by the BIDS schema)" in p for p in problems)
+
+
+def test_the_qc_page_waits_for_a_derivatives_tree_that_passes_the_bids_schema(tmp_path):
+    """apply_report checks the whole tree first: a misnamed file stops it, naming the file, before any page."""
+    from mrisr.derivatives import apply_report
+
+    (tmp_path / "dataset_description.json").write_text(json.dumps(
+        {"Name": "x", "BIDSVersion": "1.10.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "mrisr"}]}))
+    bad = tmp_path / "sub-01" / "anat" / "sub-01_desc-sr_T1w.nii"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"")
+    bad.with_name("sub-01_desc-s_r_T1w.json").write_text("{}")
+    page = tmp_path / "apply.html"
+    with pytest.raises(ValueError, match=r"2 problem\(s\) with the BIDS schema's rules: .*sub-01_desc-s_r_T1w.json: "
+                                         r"not a BIDS derivative file name.*sub-01_desc-sr_T1w.nii: no JSON sidecar"):
+        apply_report(None, str(page), derivatives=str(tmp_path))
+    assert not page.exists()
 
 
 def test_bids_sessions_are_scans_of_their_own_in_apply_mode(tmp_path):
@@ -258,7 +283,7 @@ def check_derivatives(workdir: Path, root: Path, checkpoint: str) -> None:
         files = {desc: derivative(workdir, stem, desc) for desc in ("sr", "sd")}
         files["brain"] = derivative(workdir, stem, "brain", "mask")
         for desc, path in files.items():
-            parse_filename(path.name)  # raises on a name that breaks the rules
+            parse_filename(path.relative_to(workdir / DERIVATIVES).as_posix())  # raises on a name that breaks the rules
             sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
             assert sidecar["Sources"][0] == f"bids:raw:{source.relative_to(root).as_posix()}", sidecar["Sources"]
             image = nib.load(path)

@@ -21,7 +21,7 @@ import numpy as np
 
 import mrisr
 from mrisr.config import SamplingOptions
-from mrisr.data.bids import dataset_description, write_json
+from mrisr.data.bids import dataset_description, schema_rules, tree_problems, write_json
 from mrisr.data.degrade import factor_json, factor_label
 from mrisr.diffusion.cascade import total_factor
 from mrisr.io import check_contrast, file_sha256, load_volume, save_volume, voxel_sizes
@@ -196,9 +196,19 @@ def plot_scan(scan_path: str, sr_path: str, sd_path: str | None, title: str, out
     log.info("%s: QC panels %s, thumbnail %s", title, out_panels, out_thumb)
 
 
-def apply_report(inputs, out_html: str) -> None:
-    """The apply QC page (``report.apply.build_apply_report``; ``inputs`` is an ``ApplyReportInputs``)."""
+def apply_report(inputs, out_html: str, derivatives: str | None = None) -> None:
+    """The apply QC page (``report.apply.build_apply_report``; ``inputs`` is an ``ApplyReportInputs``), once the
+    ``derivatives`` tree, when given, has passed the BIDS schema's rules (``data.bids.tree_problems``):
+    ``ValueError`` listing what breaks them, and no page."""
     from mrisr.report.apply import build_apply_report
 
+    if derivatives is not None:
+        problems = tree_problems(derivatives)
+        if problems:
+            raise ValueError(f"{derivatives}: {len(problems)} problem(s) with the BIDS schema's rules: "
+                             + "; ".join(problems[:10]))
+        files = sum(1 for p in Path(derivatives).rglob("*") if p.is_file() and not p.name.startswith("."))
+        log.info("%s: %d files, all named and placed as the BIDS %s schema's rules ask (bidsschematools)",
+                 derivatives, files, schema_rules().version)
     build_apply_report(inputs, out_html)
     log.info("apply QC page written to %s: %.2f MB", out_html, Path(out_html).stat().st_size / 1e6)

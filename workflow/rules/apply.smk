@@ -79,6 +79,7 @@ if APPLY.enabled:
             panels=expand(rules.plot_scan.output.panels, scan=DERIVATIVE_SCANS),
             thumbs=expand(rules.plot_scan.output.thumb, scan=DERIVATIVE_SCANS),
             benchmarks=expand(rules.apply_scan.benchmark, scan=DERIVATIVE_SCANS),
+            derivatives=derivative_files(DERIVATIVE_SCANS),  # checked against the BIDS schema first
         output:
             html="results/report/apply.html",
         params:
@@ -87,6 +88,7 @@ if APPLY.enabled:
             model_config=APPLY_MODEL,
             checkpoints=list(APPLY.checkpoints),
             panels_max=APPLY.qc_panels,
+            derivatives=DERIVATIVES,
         log:
             "results/logs/apply_report.log",
         conda:

@@ -18,4 +18,5 @@ inputs = ApplyReportInputs(
     panels_max=snakemake.params.panels_max,
     repo_dir=str(Path(snakemake.scriptdir).resolve().parents[1]),
 )
-run_stage(snakemake, apply_report, inputs=inputs, out_html=snakemake.output.html)
+run_stage(snakemake, apply_report, inputs=inputs, out_html=snakemake.output.html,
+          derivatives=snakemake.params.derivatives)

@@ -13,15 +13,22 @@ A ``ScanName`` is one scan's place in that tree; its ``stem``
 Labels are letters and digits only (BIDS); a subject ID of another source
 (``100307``, ``demo01``, ``scan_01``) becomes ``sub-`` + its letters and digits.
 
-``filename_problems`` and ``tree_problems`` check names against the BIDS
-rules this tree relies on (entities from the specification's table, in its
-order, each once, with alphanumeric labels; a known suffix and extension;
-folders that agree with the entities; a sidecar beside every image; the
-required fields of ``dataset_description.json``).
+``parse_filename``, ``filename_problems`` and ``tree_problems`` check the tree
+against the BIDS schema itself, through the specification's own package,
+``bidsschematools``: a file's path (folders and name) must match one of the
+schema's file rules for derivatives or for any dataset (entities known, in
+order, each once, labels alphanumeric; a known suffix and extension; folders
+that agree with the entities), and ``dataset_description.json`` must hold the
+fields the schema requires of a derivative dataset. The schema's rules do not
+say that an image needs a sidecar; this tree always writes one, so that is
+checked too. (``bidsschematools.validator.validate_bids`` applies the rules of
+raw datasets only, and accepts any file under a folder named ``derivatives``:
+docs/benchmarks.md, "BIDS libraries".)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -32,17 +39,7 @@ from mrisr.io import atomic_path
 
 BIDS_VERSION = "1.10.0"
 DERIVATIVES_NAME = "mrisr"  # the pipeline's folder under derivatives/
-# The BIDS specification's entity table (appendix "Entity table"), in the order entities appear in a file name.
-ENTITY_ORDER = (
-    "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir", "run",
-    "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space", "split", "recording", "chunk", "seg",
-    "res", "den", "label", "desc",
-)
-# The suffixes and extensions this tree holds (anatomical images, masks, their sidecars).
-SUFFIXES = ("T1w", "mask")
-EXTENSIONS = (".nii.gz", ".nii", ".json")
 LABEL = re.compile(r"[A-Za-z0-9]+")
-DESCRIPTION_REQUIRED = ("Name", "BIDSVersion", "DatasetType", "GeneratedBy")
 
 
 @dataclass(frozen=True)
@@ -114,43 +111,60 @@ def scan_names(subject_ids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def parse_filename(name: str) -> tuple[list[tuple[str, str]], str, str]:
-    """(entities in order, suffix, extension) of a BIDS file name; ``ValueError`` naming what breaks the rules."""
-    extension = next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
-    if extension is None:
-        raise ValueError(f"{name}: extension not one of {', '.join(EXTENSIONS)}")
-    *pairs, suffix = name[: -len(extension)].split("_")
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{name}: suffix {suffix!r} not one of {', '.join(SUFFIXES)}")
-    entities = []
-    for pair in pairs:
-        key, dash, label = pair.partition("-")
-        if not dash or key not in ENTITY_ORDER or not LABEL.fullmatch(label):
-            raise ValueError(f"{name}: {pair!r} is not a BIDS entity (key-label, alphanumeric label)")
-        entities.append((key, label))
-    keys = [k for k, _ in entities]
-    if not keys or keys[0] != "sub":
-        raise ValueError(f"{name}: does not start with sub-<label>")
-    if len(set(keys)) != len(keys) or keys != sorted(keys, key=ENTITY_ORDER.index):
-        raise ValueError(f"{name}: entities {keys} are repeated or not in the specification's order")
-    return entities, suffix, extension
+@dataclass(frozen=True)
+class SchemaRules:
+    """The BIDS schema's file-name rules for a derivative dataset (compiled once) and the fields its
+    ``dataset_description.json`` must hold."""
+
+    version: str  # the BIDS version of the schema, e.g. 1.11.2
+    paths: tuple[re.Pattern[str], ...]
+    required_fields: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=1)
+def schema_rules() -> SchemaRules:
+    """The bundled BIDS schema's rules (``bidsschematools``): the file rules common to every dataset and those
+    of derivatives, as regular expressions over a path relative to the dataset's root; the description's
+    required fields, and those required of a derivative dataset."""
+    import bidsschematools.rules
+    import bidsschematools.schema
+
+    schema = bidsschematools.schema.load_schema()
+    rules = [*bidsschematools.rules.regexify_filename_rules(schema.rules.files.common, schema, level=2),
+             *bidsschematools.rules.regexify_filename_rules(schema.rules.files.deriv, schema, level=2)]
+    fields = {**schema.rules.json.dataset.dataset_description.fields,
+              **schema.rules.json.dataset.derivative_description.fields}
+    required = tuple(name for name, level in fields.items()
+                     if (level if isinstance(level, str) else level.get("level")) == "required")
+    return SchemaRules(version=schema["bids_version"], paths=tuple(re.compile(r["regex"]) for r in rules),
+                       required_fields=required)
+
+
+def parse_filename(relpath: str) -> dict[str, str]:
+    """The entities, suffix and extension of a path relative to a derivative dataset's root, as the BIDS schema
+    names them (``{"subject": "01", "description": "sr", "suffix": "T1w", "extension": ".nii.gz", ...}``);
+    ``ValueError`` naming the path when no file rule of the schema matches it."""
+    rules = schema_rules()
+    for pattern in rules.paths:
+        match = pattern.match(relpath)
+        if match:
+            return {k: v for k, v in match.groupdict().items() if v is not None}
+    raise ValueError(f"{relpath}: not a BIDS derivative file name and place (no file rule of the BIDS "
+                     f"{rules.version} schema matches: an unknown entity or suffix, entities out of order or "
+                     "repeated, a label that is not alphanumeric, or folders that disagree with the entities)")
 
 
 def filename_problems(path: Path, root: Path) -> list[str]:
     """What breaks the naming rules for one file of a derivatives tree (an empty list if nothing)."""
-    parts = path.relative_to(root).parts
+    relpath = path.relative_to(root).as_posix()
     try:
-        entities, _, extension = parse_filename(parts[-1])
+        found = parse_filename(relpath)
     except ValueError as err:
         return [str(err)]
-    found = dict(entities)
-    folders = [f"sub-{found['sub']}"] + ([f"ses-{found['ses']}"] if "ses" in found else []) + ["anat"]
-    problems = []
-    if list(parts[:-1]) != folders:
-        problems.append(f"{'/'.join(parts)}: expected under {'/'.join(folders)}/")
-    if extension != ".json" and not path.with_name(parts[-1].removesuffix(extension) + ".json").is_file():
-        problems.append(f"{'/'.join(parts)}: no JSON sidecar")
-    return problems
+    extension = found.get("extension", "")
+    if extension in (".nii", ".nii.gz") and not path.with_name(path.name.removesuffix(extension) + ".json").is_file():
+        return [f"{relpath}: no JSON sidecar"]
+    return []
 
 
 def tree_problems(root: str | Path) -> list[str]:
@@ -162,9 +176,10 @@ def tree_problems(root: str | Path) -> list[str]:
         problems.append(f"{description}: missing")
     else:
         values = json.loads(description.read_text(encoding="utf-8"))
-        problems += [f"{description}: no {key}" for key in DESCRIPTION_REQUIRED if key not in values]
         if values.get("DatasetType") != "derivative":
             problems.append(f"{description}: DatasetType is {values.get('DatasetType')!r}, not 'derivative'")
+        problems += [f"{description}: no {key} (required by the BIDS schema)"
+                     for key in schema_rules().required_fields if key not in values]
         if not all(isinstance(g, Mapping) and g.get("Name") for g in values.get("GeneratedBy", [])):
             problems.append(f"{description}: every GeneratedBy entry needs a Name")
     for path in sorted(root.rglob("*")):
