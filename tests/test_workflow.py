@@ -309,4 +309,5 @@ def test_slurm_profile_dry_run_sizes_the_jobs(tmp_path):
         # mem_mb (from input sizes) and runtime ("12h") are resolved when the job is submitted
         assert "gpu=1," in block and "cpus_per_gpu=8" in block and "slurm_extra=--signal=TERM@300" in block
     make_lr = [b for b in blocks if b.startswith("make_lr:")]
-    assert make_lr and all("mem_mb=4000" in b and "gpu" not in b and "runtime=60" in b for b in make_lr)
+    # a data rule's own 20 minutes (the profile's set-resources), not the 60 of default-resources
+    assert make_lr and all("mem_mb=4000" in b and "gpu" not in b and "runtime=20" in b for b in make_lr)
