@@ -88,7 +88,8 @@ if APPLY.enabled:
             model_config=APPLY_MODEL,
             checkpoints=list(APPLY.checkpoints),
             panels_max=APPLY.qc_panels,
-            derivatives=DERIVATIVES,
+            # the tree's root: the folder of its dataset_description.json, derivative_files' first file
+            derivatives=lambda wildcards, input: str(Path(input.derivatives[0]).parent),
         log:
             "results/logs/apply_report.log",
         conda:
