@@ -32,7 +32,8 @@ mkdir -p "$out"
   printf '%s\t%s\t%s\t%s\t%s\n' "$(git rev-parse --short HEAD)" "$(nproc)" $((t1 - t0)) $((t2 - t1)) $((t2 - t0))
 } > "$out/$prefix.tsv"
 cp results/metrics.tsv "$out/${prefix}_metrics.tsv"
-for f in results/benchmarks/*/*.tsv; do
+# results/benchmarks/<rule>/<job>.tsv; a job's name may have folders (super_resolve/calibration/demo05)
+find results/benchmarks -name '*.tsv' | sort | while read -r f; do
   printf '%s\t%s\n' "${f#results/benchmarks/}" "$(tail -n 1 "$f" | cut -f1)"
 done > "$out/${prefix}_rule_seconds.tsv"
 if [ -n "${2:-}" ]; then rm -rf "$2" && cp -a results "$2"; fi

@@ -46,8 +46,8 @@ COLUMNS = ("subject", "method", "psnr", "psnr_interior", "ssim_interior", "hfen"
 
 
 def run_sr(results: Path, subject: str) -> Path:
-    """The run's ``sr``: a test subject's in ``sr/``, a calibration (validation) subject's in ``calibration/``."""
-    for folder in ("sr", "calibration"):
+    """The run's ``sr``: a test subject's in ``sr/``, a calibration (validation) subject's in ``calibration/sr/``."""
+    for folder in ("sr", "calibration/sr"):
         if (results / folder / subject / "sr.nii.gz").exists():
             return results / folder / subject / "sr.nii.gz"
     raise SystemExit(f"{results}: no sr.nii.gz of {subject} (only test and calibration subjects have one)")

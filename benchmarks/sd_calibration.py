@@ -1,7 +1,7 @@
 """How well the sd map's calibration holds: each method fitted on validation subjects, checked on test subjects.
 
 Reads a finished run (results/): the validation subjects' SR and samples' sd
-that the workflow drew for the calibration (``calibration/{subject}/``) and
+that the workflow drew for the calibration (``calibration/sr/{subject}/``) and
 the test subjects' (``sr/{subject}/sr.nii.gz``, ``sd_uncalibrated.nii.gz``),
 with their HR and brain mask. For each calibration of
 ``mrisr.metrics.CALIBRATIONS`` (and ``none``, the samples' sd as drawn) it
@@ -39,7 +39,7 @@ HEADER = ["method", "subject", "split", "floor", "scale", "rms_error", "rms_sd_r
 
 def load(results: Path, subject: str, split: str) -> tuple[np.ndarray, ...]:
     """(HR, SR, samples' sd, brain mask) of a subject, from where the workflow wrote them for its split."""
-    folder = results / ("calibration" if split == "val" else "sr") / subject
+    folder = results / ("calibration/sr" if split == "val" else "sr") / subject
     hr = load_volume(results / "hr" / subject / "T1w.nii.gz")[0]
     mask = load_volume(results / "hr" / subject / "brainmask.nii.gz")[0] > 0
     return hr, load_volume(folder / "sr.nii.gz")[0], load_volume(folder / "sd_uncalibrated.nii.gz")[0], mask
@@ -66,10 +66,10 @@ def main() -> None:
     args = parser.parse_args()
     results = Path(args.results)
     splits = read_splits(results / "splits.tsv")
-    val = sorted(p.name for p in (results / "calibration").iterdir() if p.is_dir())
+    val = sorted(p.name for p in (results / "calibration" / "sr").iterdir() if p.is_dir())
     test = sorted(s for s, v in splits.items() if v == "test")
     if not val or any(splits.get(s) != "val" for s in val):
-        raise SystemExit(f"{results}/calibration: needs the validation subjects the workflow drew for the calibration")
+        raise SystemExit(f"{results}/calibration/sr: needs the validation subjects the workflow drew for the calibration")
     volumes = {s: load(results, s, "val") for s in val} | {s: load(results, s, "test") for s in test}
     sums = [metrics.calibration_sums(hr, sr, sd, mask) for hr, sr, sd, mask in (volumes[s] for s in val)]
     rows = []

@@ -84,6 +84,11 @@ def test_benchmark_file_snakemake_format(tmp_path):
     assert (cost.rule, cost.job, cost.repeats) == ("super_resolve", "demo03", 2)
     assert cost.seconds == pytest.approx(68.5) and cost.cpu_seconds == pytest.approx(88.35)
     assert cost.max_rss_mb == pytest.approx(1066.62)
+    nested = tmp_path / "benchmarks" / "train_stage" / "compare" / "unet3d" / "stage1.tsv"  # a compared model's
+    nested.parent.mkdir(parents=True)
+    nested.write_text(path.read_text())
+    assert (tables.read_benchmark(nested).rule, tables.read_benchmark(nested).job) == ("train_stage",
+                                                                                       "compare/unet3d/stage1")
     assert [tables.hms(59.6), tables.hms(3725)] == ["1:00", "1:02:05"]
     bad = tmp_path / "x.tsv"
     bad.write_text("a\tb\n1\t2\n")
@@ -98,10 +103,11 @@ def test_model_rows_match_costs_by_exact_job_name():
     cost = lambda rule, job, s: tables.Cost(rule, job, s, s, float("nan"), 1)  # noqa: E731
     costs = [
         cost("train_stage", "stage1", 10), cost("train_stage", "stage2", 20), cost("super_resolve", "demo03", 5),
-        cost("train_compare", "a_stage1", 1), cost("train_compare", "a_stage2", 2),
-        cost("train_compare", "a_b_stage1", 100), cost("train_compare", "a_b_stage2", 200),
-        cost("super_resolve_compare", "a_demo03", 3), cost("super_resolve_compare", "a_b_demo03", 7),
-        cost("super_resolve_compare", "a_demo09", 1000),  # not a test subject: ignored
+        cost("train_stage", "compare/a/stage1", 1), cost("train_stage", "compare/a/stage2", 2),
+        cost("train_stage", "compare/a_b/stage1", 100), cost("train_stage", "compare/a_b/stage2", 200),
+        cost("super_resolve", "compare/a/demo03", 3), cost("super_resolve", "compare/a_b/demo03", 7),
+        cost("super_resolve", "compare/a/demo09", 1000),  # not a test subject: ignored
+        cost("super_resolve", "calibration/demo03", 500),  # the sd map's calibration branch: not a model's cost
     ]
     logs = {"sr": [{"parameters": [10.0, 10.0]}, {"parameters": [20.0, 20.0]}],  # the count on every log row
             "sr_a": [{"parameters": [1.0]}, {"parameters": [2.0]}], "sr_a_b": [{"step": [3.0]}, {"step": [3.0]}]}

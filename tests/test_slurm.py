@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 PREPROCESS = "preprocess_baseline_cache_stage_fetch_make_lr_skullstrip"  # the plugin names a group job by group
 SCORE = "score_evaluate"                                                 # and rules
 EXPECTED_JOBS = {PREPROCESS: 1, SCORE: 1, "train_predictor": 2, "predict": 2, "train_stage": 2,
-                 "super_resolve": 1, "super_resolve_val": 1}
-GPU_RULES = ("train_predictor", "predict", "train_stage", "super_resolve", "super_resolve_val")
+                 "super_resolve": 2}  # the test subject, and the val subject for the sd map's calibration
+GPU_RULES = ("train_predictor", "predict", "train_stage", "super_resolve")
 
 
 def rule_of(job: dict[str, str]) -> str:

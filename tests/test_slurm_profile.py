@@ -98,7 +98,7 @@ def test_one_setting_sends_every_gpu_rule_to_the_gpu_partition(tmp_path):
             else:
                 assert resources["slurm_partition"] == CPU_PARTITION and "slurm_account" not in resources, name
     networks = network_rules()
-    assert {"train_stage", "super_resolve", "super_resolve_val", "apply_scan"} <= networks  # the check sees them
+    assert {"train_predictor", "predict", "train_stage", "super_resolve", "apply_scan"} <= networks  # the check sees them
     assert networks <= seen, f"network rules no config here defines: {networks - seen}"
     assert networks <= asked, f"rules that run a network but ask for no GPU (resources gpu=1): {networks - asked}"
 

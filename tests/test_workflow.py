@@ -87,7 +87,8 @@ def test_sd_calibration_can_be_turned_off(tmp_path):
     plan = run_snakemake(tmp_path / "run", "-n", config=off)
     counts = job_counts(plan.stdout + plan.stderr)
     assert counts["super_resolve"] == 1 and counts["evaluate"] == 1
-    assert not {"super_resolve_val", "fit_sd_calibration", "calibrate_sd"} & set(counts)
+    assert not {"fit_sd_calibration", "calibrate_sd"} & set(counts)
+    assert "results/calibration/" not in plan.stdout + plan.stderr  # no validation subject super-resolved
     assert "sd_uncalibrated" not in plan.stdout + plan.stderr and "sd.nii.gz" in plan.stdout + plan.stderr
 
 
@@ -150,7 +151,7 @@ def test_rerun_is_a_no_op_and_forcerun_reruns_exactly_the_stage_and_its_dependen
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
 
     res = workdir / "results"
-    downstream = {"super_resolve": 1, "super_resolve_val": 1, "fit_sd_calibration": 1, "calibrate_sd": 1,
+    downstream = {"super_resolve": 2, "fit_sd_calibration": 1, "calibrate_sd": 1,
                   "evaluate": 1, "collect_metrics": 1, "plot_slices": 1, "report": 1, "all": 1}
     plan = run_snakemake(workdir, "-n", "--forcerun", "make_lr")  # planned from an early stage: nearly everything
     assert job_counts(plan.stdout + plan.stderr) == {
@@ -187,7 +188,7 @@ def test_a_compared_model_is_trained_scored_and_reported_without_touching_the_ma
     both.write_text(yaml.safe_dump(config))
     proc = run_snakemake(workdir, config=both)
     assert job_counts(proc.stdout + proc.stderr) == {
-        "train_compare": 2, "super_resolve_compare": 1, "evaluate": 1, "collect_metrics": 1, "report": 1, "all": 1}
+        "train_stage": 2, "super_resolve": 1, "evaluate": 1, "collect_metrics": 1, "report": 1, "all": 1}
     with open(workdir / "results" / "metrics.tsv", newline="") as fh:
         methods = {(r["subject"], r["method"]) for r in csv.DictReader(fh, delimiter="\t")}
     subject = next(s for s, m in methods if m == "sr")

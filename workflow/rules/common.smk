@@ -73,28 +73,64 @@ COMPARE = canonical(compare_configs(MODEL_CONFIG, config["compare"]))
 # the residual over it (rule train_stage).
 PREDICT_AND_REFINE = config["diffusion"]["target"] == "predictor_residual"
 
+# A trained cascade's runs share their rules (train_stage, super_resolve) and differ
+# in a path prefix, the wildcard {branch}: "" for the main model on the test
+# subjects (results/models/, results/sr/), "calibration/" for the main model on the
+# validation subjects the sd map is calibrated on (results/calibration/sr/), and
+# "compare/{name}/" for a compared model (config key compare; results/compare/{name}/).
+MAIN, CALIBRATION_BRANCH = "", "calibration/"
+COMPARE_BRANCH = "compare/{name}/"
+TRAIN_BRANCHES = r"(compare/[a-z0-9][a-z0-9_]*/)?"
+SR_BRANCHES = r"(calibration/|compare/[a-z0-9][a-z0-9_]*/)?"
+
+
+def compare_branch(name):
+    return COMPARE_BRANCH.format(name=name)
+
+
+def branch_of(wildcards):
+    """The model a {branch} runs: its config (the main one, or a compared one's) and its models' branch."""
+    if wildcards.branch.startswith("compare/"):
+        name = wildcards.branch.split("/")[1]
+        return COMPARE[name], compare_branch(name)
+    return MODEL_CONFIG, MAIN
+
+
 # The SR volume, every stage's output, the uncertainty map when several samples
-# are drawn, and for predict-and-refine the predictor alone and one sample.
-SR_OUTPUTS = {
-    "sr": "results/sr/{subject}/sr.nii.gz",
-    "stages": expand("results/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
+# are drawn, and for predict-and-refine the predictor alone and one sample:
+# super_resolve's outputs, under every branch.
+SR_BRANCH_OUTPUTS = {
+    "sr": "results/{branch}sr/{subject}/sr.nii.gz",
+    "stages": expand("results/{{branch}}sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
 }
 if PREDICT_AND_REFINE:
-    SR_OUTPUTS["predictor"] = "results/sr/{subject}/sr_predictor.nii.gz"
+    SR_BRANCH_OUTPUTS["predictor"] = "results/{branch}sr/{subject}/sr_predictor.nii.gz"
 if PREDICT_AND_REFINE and SAMPLING_OPTIONS.n_samples > 1:
-    SR_OUTPUTS["sample"] = "results/sr/{subject}/sr_sample.nii.gz"
+    SR_BRANCH_OUTPUTS["sample"] = "results/{branch}sr/{subject}/sr_sample.nii.gz"
 # Per-subject metrics, and the error-versus-uncertainty table with an sd map.
 EVAL_OUTPUTS = {"tsv": "results/metrics/{subject}.tsv"}
 # The sd map a test subject gets (sd.nii.gz). With calibration.subjects
 # the samples' sd is written as sd_uncalibrated.nii.gz and calibrated on that many
-# validation subjects (rules super_resolve_val, fit_sd_calibration, calibrate_sd;
-# metrics.fit_sd_calibration); otherwise it is the map itself.
+# validation subjects (super_resolve in the calibration/ branch, fit_sd_calibration,
+# calibrate_sd; metrics.fit_sd_calibration); otherwise it is the map itself.
 SD_MAP = "results/sr/{subject}/sd.nii.gz"
 CALIBRATION_SUBJECTS = []
 if SAMPLING_OPTIONS.n_samples > 1:
     EVAL_OUTPUTS["calibration"] = "results/metrics/{subject}_calibration.tsv"
     CALIBRATION_SUBJECTS = VAL_SUBJECTS[: CALIBRATION.subjects]  # a split has one at least
-    SR_OUTPUTS["sd"] = "results/sr/{subject}/sd_uncalibrated.nii.gz" if CALIBRATION_SUBJECTS else SD_MAP
+    SR_BRANCH_OUTPUTS["sd"] = ("results/{branch}sr/{subject}/sd_uncalibrated.nii.gz" if CALIBRATION_SUBJECTS
+                               else "results/{branch}sr/{subject}/sd.nii.gz")
+
+
+def in_branch(pattern, branch):
+    """A {branch} pattern (or a list of them) with the branch filled in and every other wildcard kept."""
+    if isinstance(pattern, list):
+        return [in_branch(p, branch) for p in pattern]
+    return pattern.replace("{branch}", branch)
+
+
+# The main model's SR outputs of a test subject (results/sr/{subject}/...).
+SR_OUTPUTS = {key: in_branch(pattern, MAIN) for key, pattern in SR_BRANCH_OUTPUTS.items()}
 
 
 # The source's ID grammar rather than the list of IDs: with a 1,113-way
@@ -105,6 +141,7 @@ wildcard_constraints:
     scan=STEM_PATTERN,
     name=r"[a-z0-9][a-z0-9_]*",
     stage=r"\d+",
+    branch=SR_BRANCHES,
     factor=r"\d+(x\d+x\d+)?",
 
 
@@ -164,26 +201,33 @@ def stage_index(wildcards):
     return int(wildcards.stage) - 1
 
 
+def branch_checkpoints(branch):
+    """The checkpoints, one per stage, of the cascade a {branch} runs."""
+    return expand(in_branch(rules.train_stage.output.checkpoint, branch), stage=STAGES)
+
+
 def all_checkpoints(wildcards):
-    return expand(rules.train_stage.output.checkpoint, stage=STAGES)
+    return branch_checkpoints(MAIN)
+
+
+def sr_checkpoints(wildcards):
+    """The checkpoints super_resolve runs: the compared model's in its branch, else the main model's."""
+    return branch_checkpoints(branch_of(wildcards)[1])
 
 
 def all_train_logs(wildcards):
-    return expand(rules.train_stage.output.log_tsv, stage=STAGES)
+    return expand(in_branch(rules.train_stage.output.log_tsv, MAIN), stage=STAGES)
 
 
 def compare_train_logs():
     """{name: the compared model's train logs, one per stage}."""
-    return {name: expand(rules.train_compare.output.log_tsv, name=name, stage=STAGES) for name in COMPARE}
-
-
-def compare_checkpoints(wildcards):
-    return expand(rules.train_compare.output.checkpoint, name=wildcards.name, stage=STAGES)
+    return {name: expand(in_branch(rules.train_stage.output.log_tsv, compare_branch(name)), stage=STAGES)
+            for name in COMPARE}
 
 
 def compare_sr(wildcards):
     """The compared models' SR volumes of a subject, by input name compare_{name}."""
-    return {f"compare_{name}": rules.super_resolve_compare.output.sr.format(name=name, subject=wildcards.subject)
+    return {f"compare_{name}": in_branch(SR_BRANCH_OUTPUTS["sr"], compare_branch(name)).format(subject=wildcards.subject)
             for name in COMPARE}
 
 
@@ -205,13 +249,12 @@ def uncertainty_input(wildcards):
 
 
 def cost_benchmarks(wildcards):
-    """Benchmark files of the costly jobs the report tabulates: training per stage, inference and evaluation per test subject."""
+    """Benchmark files of the costly jobs the report tabulates: training per stage, inference and evaluation per
+    test subject, for the main model and each compared one."""
+    branches = [MAIN, *(compare_branch(name) for name in COMPARE)]
     return (
-        expand(rules.train_stage.benchmark, stage=STAGES)
+        [f for b in branches for f in expand(in_branch(rules.train_stage.benchmark, b), stage=STAGES)]
         + (expand(rules.train_predictor.benchmark, stage=STAGES) if PREDICT_AND_REFINE else [])
-        + expand(rules.super_resolve.benchmark, subject=TEST_SUBJECTS)
+        + [f for b in branches for f in expand(in_branch(rules.super_resolve.benchmark, b), subject=TEST_SUBJECTS)]
         + expand(rules.evaluate.benchmark, subject=TEST_SUBJECTS)
-        + expand(rules.train_compare.benchmark, name=COMPARE, stage=STAGES)
-        + expand(rules.super_resolve_compare.benchmark, name=COMPARE, subject=TEST_SUBJECTS)
     )
-

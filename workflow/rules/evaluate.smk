@@ -8,7 +8,7 @@ rule evaluate:
         unpack(predictor_sr),
         hr=rules.skullstrip.output.t1,
         mask=rules.skullstrip.output.mask,
-        sr=rules.super_resolve.output.sr,
+        sr=SR_OUTPUTS["sr"],
         spline=rules.baseline.output.spline,
     output:
         **EVAL_OUTPUTS,

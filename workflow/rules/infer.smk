@@ -1,4 +1,4 @@
-# super_resolve: the cascade applied to a test subject; baseline: spline interpolation;
+# super_resolve: the cascade applied to a subject; baseline: spline interpolation;
 # with several samples, the sd map's calibration on validation subjects.
 
 
@@ -21,19 +21,24 @@ rule sampling_settings:
         "../scripts/sampling_settings.py"
 
 
+# The cascade applied to a subject, in every {branch}: the main model on a test
+# subject (results/sr/{subject}/), on a validation subject for the sd map's
+# calibration (calibration/: results/calibration/sr/{subject}/, read by
+# fit_sd_calibration only), or a compared model (config key compare) on a test
+# subject (compare/{name}/), sampled exactly as the main model is.
 rule super_resolve:
     input:
-        lr=test_lr,
-        checkpoints=all_checkpoints,
+        lr=subject_lr,
+        checkpoints=sr_checkpoints,
         sampling=rules.sampling_settings.output.json,
     output:
-        **SR_OUTPUTS,
+        **SR_BRANCH_OUTPUTS,
     params:
         device=config["device"],
     log:
-        "results/logs/super_resolve/{subject}.log",
+        "results/logs/super_resolve/{branch}{subject}.log",
     benchmark:
-        "results/benchmarks/super_resolve/{subject}.tsv"
+        "results/benchmarks/super_resolve/{branch}{subject}.tsv"
     resources:
         mem_mb=4000,
         gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
@@ -59,57 +64,7 @@ rule baseline:
         "../scripts/baseline.py"
 
 
-# Cascaded SR of a test subject with a compared model (config key compare),
-# sampled exactly as the main model is.
-rule super_resolve_compare:
-    input:
-        lr=test_lr,
-        checkpoints=compare_checkpoints,
-        sampling=rules.sampling_settings.output.json,
-    output:
-        sr="results/compare/{name}/sr/{subject}/sr.nii.gz",
-        stages=expand("results/compare/{{name}}/sr/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
-    params:
-        device=config["device"],
-    log:
-        "results/logs/super_resolve_compare/{name}_{subject}.log",
-    benchmark:
-        "results/benchmarks/super_resolve_compare/{name}_{subject}.tsv"
-    resources:
-        mem_mb=4000,
-        gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
-    conda:
-        "../../envs/mrisr.yaml"
-    script:
-        "../scripts/super_resolve.py"
-
-
 if CALIBRATION_SUBJECTS:
-
-    # A validation subject super-resolved exactly as a test subject is; only the
-    # sd map's calibration reads it (calibration.subjects).
-    rule super_resolve_val:
-        input:
-            lr=subject_lr,
-            checkpoints=all_checkpoints,
-            sampling=rules.sampling_settings.output.json,
-        output:
-            sr="results/calibration/{subject}/sr.nii.gz",
-            stages=expand("results/calibration/{{subject}}/stage{stage}.nii.gz", stage=STAGES),
-            sd="results/calibration/{subject}/sd_uncalibrated.nii.gz",
-        params:
-            device=config["device"],
-        log:
-            "results/logs/super_resolve_val/{subject}.log",
-        benchmark:
-            "results/benchmarks/super_resolve_val/{subject}.tsv"
-        resources:
-            mem_mb=4000,
-            gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
-        conda:
-            "../../envs/mrisr.yaml"
-        script:
-            "../scripts/super_resolve.py"
 
     # The sd maps' calibration (calibration.method: floor and scale, or scale only),
     # fitted on the validation subjects' brains.
@@ -118,8 +73,8 @@ if CALIBRATION_SUBJECTS:
         input:
             hr=expand(rules.skullstrip.output.t1, subject=CALIBRATION_SUBJECTS),
             mask=expand(rules.skullstrip.output.mask, subject=CALIBRATION_SUBJECTS),
-            sr=expand(rules.super_resolve_val.output.sr, subject=CALIBRATION_SUBJECTS),
-            sd=expand(rules.super_resolve_val.output.sd, subject=CALIBRATION_SUBJECTS),
+            sr=expand(in_branch(SR_BRANCH_OUTPUTS["sr"], CALIBRATION_BRANCH), subject=CALIBRATION_SUBJECTS),
+            sd=expand(in_branch(SR_BRANCH_OUTPUTS["sd"], CALIBRATION_BRANCH), subject=CALIBRATION_SUBJECTS),
             checkpoints=all_checkpoints,
         output:
             json="results/calibration/sd_calibration.json",

@@ -7,7 +7,7 @@ rule plot_slices:
     input:
         lr=test_lr,
         spline=rules.baseline.output.spline,
-        sr=rules.super_resolve.output.sr,
+        sr=SR_OUTPUTS["sr"],
         hr=rules.skullstrip.output.t1,
         mask=rules.skullstrip.output.mask,
     output:

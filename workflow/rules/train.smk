@@ -79,9 +79,11 @@ if PREDICT_AND_REFINE:
             "../scripts/predict.py"
 
 
-# train_stage: one job per cascade stage, on train subjects, validated on val.
-# It resumes from results/models/stage{k}/resume.pt when an earlier attempt was
-# stopped (time limit, pre-emption, Ctrl-C). It asks for one GPU; the partition, DDP (gpu=N)
+# train_stage: one job per cascade stage and model ({branch}: "" for the main model,
+# "compare/{name}/" for a compared one, config key compare: the same data and script,
+# its own model/train settings), on train subjects, validated on val. It resumes
+# from results/{branch}models/stage{k}/resume.pt when an earlier attempt was stopped
+# (time limit, pre-emption, Ctrl-C). It asks for one GPU; the partition, DDP (gpu=N)
 # and the other GPU settings come from the profile (set-resources gpu_jobs and train_stage).
 
 
@@ -91,61 +93,33 @@ rule train_stage:
         caches=training_caches,
         splits=rules.split.output.tsv,
     output:
-        checkpoint="results/models/stage{stage}/checkpoint.pt",
+        checkpoint="results/{branch}models/stage{stage}/checkpoint.pt",
         log_tsv=report(
-            "results/models/stage{stage}/train_log.tsv",
+            "results/{branch}models/stage{stage}/train_log.tsv",
             caption="../report/train_log.rst",
             category="Training",
-            subcategory="stage {stage}",
+            subcategory="{branch}stage {stage}",
         ),
         plot=report(
-            "results/models/stage{stage}/loss.png",
+            "results/{branch}models/stage{stage}/loss.png",
             caption="../report/loss.rst",
             category="Training",
-            subcategory="stage {stage}",
+            subcategory="{branch}stage {stage}",
         ),
+    wildcard_constraints:
+        branch=TRAIN_BRANCHES,
     params:
         stage=stage_index,
-        config=MODEL_CONFIG,
+        config=lambda wildcards: branch_of(wildcards)[0],
         device=config["device"],
         # Not an output: Snakemake deletes outputs before a job (re)starts, and
         # this must survive until a retried or requeued job resumes from it.
-        resume="results/models/stage{stage}/resume.pt",
+        resume="results/{branch}models/stage{stage}/resume.pt",
         network="diffusion",
     log:
-        "results/logs/train_stage/stage{stage}.log",
+        "results/logs/train_stage/{branch}stage{stage}.log",
     benchmark:
-        "results/benchmarks/train_stage/stage{stage}.tsv"
-    resources:
-        mem_mb=4000,
-        gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)
-    conda:
-        "../../envs/mrisr.yaml"
-    script:
-        "../scripts/train_stage.py"
-
-
-# A model compared with the main one (config key compare): the same data and
-# script, its own model/train settings, its files under results/compare/{name}/.
-rule train_compare:
-    input:
-        unpack(diffusion_training_inputs),
-        caches=training_caches,
-        splits=rules.split.output.tsv,
-    output:
-        checkpoint="results/compare/{name}/models/stage{stage}/checkpoint.pt",
-        log_tsv="results/compare/{name}/models/stage{stage}/train_log.tsv",
-        plot="results/compare/{name}/models/stage{stage}/loss.png",
-    params:
-        stage=stage_index,
-        config=lambda wildcards: COMPARE[wildcards.name],
-        device=config["device"],
-        resume="results/compare/{name}/models/stage{stage}/resume.pt",
-        network="diffusion",
-    log:
-        "results/logs/train_compare/{name}_stage{stage}.log",
-    benchmark:
-        "results/benchmarks/train_compare/{name}_stage{stage}.tsv"
+        "results/benchmarks/train_stage/{branch}stage{stage}.tsv"
     resources:
         mem_mb=4000,
         gpu=1,  # runs a network: a GPU job on a cluster (scheduling.smk)

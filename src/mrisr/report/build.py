@@ -127,22 +127,22 @@ def model_rows(
 
     ``logs`` holds each method's train logs (``tables.read_train_log``), one
     per stage. Costs are matched to a model by exact job name (``stage{k}`` /
-    ``{subject}`` for the main model, ``{name}_stage{k}`` / ``{name}_{subject}``
-    for a compared one), so one compared name being a prefix of another cannot
-    mix their costs.
+    ``{subject}`` for the main model, ``compare/{name}/stage{k}`` /
+    ``compare/{name}/{subject}`` for a compared one: the workflow's {branch}),
+    so one compared name being a prefix of another cannot mix their costs.
     """
     from mrisr.compare import compare_configs, model_config
 
     main = model_config(config)
-    models = {"sr": (main, "train_stage", "super_resolve", "")}
+    models = {"sr": (main, "")}
     for name, cfg in compare_configs(main, config.get("compare") or {}).items():
-        models[f"sr_{name}"] = (cfg, "train_compare", "super_resolve_compare", f"{name}_")
+        models[f"sr_{name}"] = (cfg, f"compare/{name}/")
     rows = []
-    for method, (cfg, train_rule, sr_rule, prefix) in models.items():
-        stages = {f"{prefix}stage{k}" for k in range(1, len(cfg["cascade"]["factors"]) + 1)}
-        subjects = {f"{prefix}{s}" for s in test_subjects}
-        train = [c for c in costs if c.rule == train_rule and c.job in stages]
-        sr = [c for c in costs if c.rule == sr_rule and c.job in subjects]
+    for method, (cfg, branch) in models.items():
+        stages = {f"{branch}stage{k}" for k in range(1, len(cfg["cascade"]["factors"]) + 1)}
+        subjects = {f"{branch}{s}" for s in test_subjects}
+        train = [c for c in costs if c.rule == "train_stage" and c.job in stages]
+        sr = [c for c in costs if c.rule == "super_resolve" and c.job in subjects]
         rows.append({
             "method": method,
             "variant": str(cfg["model"].get("variant", "unet3d")),

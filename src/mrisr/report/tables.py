@@ -165,8 +165,14 @@ def _number(text: str | None) -> float:
 
 
 def read_benchmark(path: str | Path) -> Cost:
-    """A Snakemake benchmark TSV (columns s, h:m:s, max_rss, ..., cpu_time) at results/benchmarks/<rule>/<job>.tsv."""
+    """A Snakemake benchmark TSV (columns s, h:m:s, max_rss, ..., cpu_time) at results/benchmarks/<rule>/<job>.tsv.
+
+    A job's name may have folders of its own: a compared model's training is
+    ``train_stage/compare/<name>/stage1``, its job ``compare/<name>/stage1``.
+    """
     path = Path(path)
+    parts = path.with_suffix("").parts
+    root = len(parts) - 1 - parts[::-1].index("benchmarks") if "benchmarks" in parts[:-2] else len(parts) - 2
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows or "s" not in rows[0]:
@@ -174,7 +180,7 @@ def read_benchmark(path: str | Path) -> Cost:
     mean = lambda key: statistics.fmean(_number(r.get(key)) for r in rows)  # noqa: E731
     rss = [v for v in (_number(r.get("max_rss")) for r in rows) if math.isfinite(v)]
     return Cost(
-        rule=path.parent.name, job=path.stem, seconds=mean("s"), cpu_seconds=mean("cpu_time"),
+        rule=parts[root + 1], job="/".join(parts[root + 2:]), seconds=mean("s"), cpu_seconds=mean("cpu_time"),
         max_rss_mb=max(rss) if rss else float("nan"), repeats=len(rows),
     )
 
