@@ -28,6 +28,8 @@ import math
 import sys
 import tempfile
 import time
+import types
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,20 @@ CANDIDATES = {
     "shuffle32x4_l1": SHUFFLE | {"loss": "l1"},
     "shuffle32x4_mse_lr1e-3": SHUFFLE | {"lr": 1e-3},
     "shuffle32x2_mse": SHUFFLE | {"blocks": 2},
+    # the demo's predictor at higher learning rates under the same gradient clipping (VDSR-style), thinner,
+    # and on half batches (twice the steps per second)
+    "shuffle32x2_mse_lr4e-3": SHUFFLE | {"blocks": 2, "lr": 4e-3},
+    "shuffle32x2_mse_lr8e-3": SHUFFLE | {"blocks": 2, "lr": 8e-3},
+    "shuffle24x2_mse": SHUFFLE | {"blocks": 2, "channels": 24},
+    "shuffle32x2_mse_b4": SHUFFLE | {"blocks": 2, "batch": 4},
+    # gradients clipped near their typical norm (~0.003-0.01 here; 1.0 never acts), so that one outlier batch
+    # cannot throw Adam's normalised step far (the spikes the runs above print)
+    "shuffle32x2_mse_clip": SHUFFLE | {"blocks": 2, "clip": 0.01},
+    "shuffle32x2_mse_lr4e-3_clip": SHUFFLE | {"blocks": 2, "lr": 4e-3, "clip": 0.01},
+    # leaky ReLUs (slope 0.1) in the residual blocks: a block whose ReLUs all die leaves g linear, and a linear
+    # x2 filter cannot beat the spline here (docs/benchmarks.md); a leaky one cannot die
+    "shuffle32x2_mse_leaky": SHUFFLE | {"blocks": 2, "leaky": 0.1},
+    "shuffle32x2_mse_lr4e-3_leaky": SHUFFLE | {"blocks": 2, "lr": 4e-3, "leaky": 0.1},
     # the demo's predictor with intensity augmentation (IntensityAugment: gain up to 1.25x, gamma up to 1.3)
     "shuffle32x2_mse_intensity": SHUFFLE | {"blocks": 2, "intensity": {"scale": 1.25, "gamma": 1.3}},
     "shuffle32x4_mse_bf16": SHUFFLE | {"bf16": True},
@@ -114,9 +130,18 @@ class Regression(torch.nn.Module):
         return cond + self.unet(torch.zeros_like(cond), cond, t)
 
 
+def _leaky_block(block: torch.nn.Module, x: torch.Tensor, slope: float) -> torch.Tensor:
+    """A residual block of ``ShuffleResNet`` with a leaky ReLU."""
+    return x + block.res_scale * block.conv2(torch.nn.functional.leaky_relu(block.conv1(x), slope))
+
+
 def build(candidate: dict) -> torch.nn.Module:
     if candidate["net"] == "shuffle":
-        return ShuffleResNet(2, candidate["channels"], candidate["blocks"])
+        net = ShuffleResNet(2, candidate["channels"], candidate["blocks"])
+        if candidate.get("leaky"):
+            for block in net.body:
+                block.forward = types.MethodType(partial(_leaky_block, slope=candidate["leaky"]), block)
+        return net
     return Regression(unet_from_config(candidate["model"] | {"variant": candidate["net"]}))
 
 
@@ -148,7 +173,7 @@ def train_candidate(name: str, candidate: dict, train: list, val: dict, seconds:
     sampler = PatchSampler([MemoryVolume(p) for p in train], candidate["patch"], seed=0, flip=True,
                            align=2 if candidate["net"] == "shuffle" else 1, cond_names=("cond", "mask"),
                            intensity=IntensityAugment.from_mapping(candidate.get("intensity")))
-    elapsed, step, next_eval = 0.0, 0, every
+    elapsed, step, next_eval, norms = 0.0, 0, every, []
     while elapsed < seconds:
         start = time.perf_counter()
         progress = elapsed / seconds
@@ -159,8 +184,12 @@ def train_candidate(name: str, candidate: dict, train: list, val: dict, seconds:
             loss = predictor_loss(net, cond, target, candidate["loss"])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), candidate["clip"])
+        norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), candidate["clip"]).detach())
         optimiser.step()
+        norms.append(norm)
+        if step >= 50 and norm > 20 * float(np.median(norms[-50:])):  # a gradient spike: say so
+            print(f"# {name}: step {step}, gradient norm {norm:.3g} (median of the last 50: "
+                  f"{np.median(norms[-50:]):.3g}), loss {float(loss):.4g}", flush=True)
         step += 1
         elapsed += time.perf_counter() - start
         if elapsed >= next_eval or elapsed >= seconds:
