@@ -84,6 +84,11 @@ def test_outputs_of_the_slurm_run_are_complete_and_correct(slurm_tiny_run):
     check_tiny_outputs(workdir)
 
 
+def train_comment(stage: int) -> str:
+    """The main model's train_stage job's comment: its wildcards' values joined by "_", the branch ("") first."""
+    return f"rule_train_stage_wildcards__{stage}"
+
+
 def _running_job(comment: str) -> str | None:
     """The ID of the running job with this comment (the plugin's rule and wildcards)."""
     out = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True, text=True).stdout
@@ -121,7 +126,7 @@ def test_stopped_and_requeued_training_jobs_resume_on_two_ddp_workers(slurm_clus
                                  f"{proc.communicate()[0][-6000:]}")
         assert time.monotonic() - start < 600, "stages not interrupted within 600 s"
         for stage, action in list(pending.items()):
-            job_id = _running_job(f"rule_train_stage_wildcards_{stage}")
+            job_id = _running_job(train_comment(stage))
             if job_id is None or not (models / f"stage{stage}" / "resume.pt").exists():
                 continue
             if action == "scancel":  # SIGTERM to every process of the job's steps
@@ -141,7 +146,7 @@ def test_stopped_and_requeued_training_jobs_resume_on_two_ddp_workers(slurm_clus
     jobs = [job for job in slurm_cluster.jobs() if job["Comment"].startswith("rule_train_stage_wildcards_")
             and int(job["JobId"]) > max(int(j["JobId"]) for j in slurm_tiny_run[2])]
     jobs.sort(key=lambda j: int(j["JobId"]))
-    by_stage = {k: [j for j in jobs if j["Comment"].endswith(f"_wildcards_{k}")] for k in (1, 2)}
+    by_stage = {k: [j for j in jobs if j["Comment"] == train_comment(k)] for k in (1, 2)}
     assert [j["JobState"] for j in by_stage[1]] == ["FAILED", "COMPLETED"], by_stage[1]  # Snakemake's retry
     assert [(j["JobState"], j["Restarts"]) for j in by_stage[2]] == [("COMPLETED", "1")], by_stage[2]
     assert all(j["TresPerJob"] == "gres:gpu:2" for j in jobs)
